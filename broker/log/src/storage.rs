@@ -1,0 +1,273 @@
+//! The storage seam between the broker and whatever keeps its events.
+//!
+//! The gRPC layer talks only to [`Storage`]. [`LocalStorage`] implements it
+//! with this crate's segmented log; a NATS JetStream or Kafka backend can
+//! implement the same trait later without touching the broker's API code.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs,
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+};
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::{
+    config::{LogConfig, TopicConfig},
+    error::{LogError, Result, io_err},
+    names,
+    offsets::{CommitMode, sync_dir},
+    record::Record,
+    topic::{GroupPosition, RetentionReport, TopicLog, TopicStats},
+    writer::{AppendRecord, Appended, now_us},
+};
+
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    async fn create_topic(&self, name: &str, config: TopicConfig) -> Result<TopicStats>;
+    async fn delete_topic(&self, name: &str) -> Result<()>;
+    fn topics(&self) -> Vec<TopicStats>;
+    fn topic(&self, name: &str) -> Result<TopicStats>;
+
+    /// Resolves once the records are durable under the fsync policy.
+    async fn append(&self, topic: &str, records: Vec<AppendRecord>) -> Result<Vec<Appended>>;
+    async fn read(
+        &self,
+        topic: &str,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>>;
+    /// Changes whenever the topic's head moves.
+    fn watch_head(&self, topic: &str) -> Result<watch::Receiver<u64>>;
+    async fn offset_for_time(&self, topic: &str, timestamp_us: i64) -> Result<u64>;
+
+    fn committed(&self, topic: &str, group: &str) -> Result<Option<u64>>;
+    async fn commit(&self, topic: &str, group: &str, offset: u64, mode: CommitMode)
+    -> Result<bool>;
+    fn groups(&self, topic: &str) -> Result<Vec<GroupPosition>>;
+    async fn delete_group(&self, topic: &str, group: &str) -> Result<()>;
+
+    async fn enforce_retention(&self) -> Result<BTreeMap<String, RetentionReport>>;
+    /// Writes and syncs everything queued, then stops accepting writes.
+    async fn close(&self);
+}
+
+/// Topics in directories under `<data_dir>/topics/`, each a [`TopicLog`].
+#[derive(Debug)]
+pub struct LocalStorage {
+    root: PathBuf,
+    cfg: Arc<LogConfig>,
+    topics: RwLock<HashMap<String, Arc<TopicLog>>>,
+    /// Held for the life of the storage so a second broker cannot open the
+    /// same data directory and interleave writes.
+    _lock: fs::File,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(LogError::Config(format!("storage task failed: {e}"))))
+}
+
+impl LocalStorage {
+    /// Opens every topic under `data_dir`, recovering each.
+    pub fn open(data_dir: &Path, cfg: LogConfig) -> Result<Self> {
+        cfg.validate()?;
+        let cfg = Arc::new(cfg);
+        let root = data_dir.join("topics");
+        fs::create_dir_all(&root).map_err(io_err(&root))?;
+        let lock_path = data_dir.join("LOCK");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        lock.try_lock().map_err(|e| {
+            LogError::Config(format!(
+                "data directory {} is in use by another process ({e})",
+                data_dir.display()
+            ))
+        })?;
+        let mut topics = HashMap::new();
+        for entry in fs::read_dir(&root).map_err(io_err(&root))? {
+            let entry = entry.map_err(io_err(&root))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if names::validate("topic", &name).is_err() || !entry.path().join("topic.json").exists()
+            {
+                // A topic whose creation never completed, or a stray file.
+                continue;
+            }
+            let log = TopicLog::open(&name, &entry.path(), cfg.clone())?;
+            topics.insert(name, Arc::new(log));
+        }
+        Ok(LocalStorage {
+            root,
+            cfg,
+            topics: RwLock::new(topics),
+            _lock: lock,
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Result<Arc<TopicLog>> {
+        self.topics
+            .read()
+            .expect("topics lock")
+            .get(name)
+            .cloned()
+            .ok_or_else(|| LogError::TopicNotFound(name.to_string()))
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.cfg
+    }
+}
+
+#[async_trait]
+impl Storage for LocalStorage {
+    async fn create_topic(&self, name: &str, config: TopicConfig) -> Result<TopicStats> {
+        names::validate("topic", name)?;
+        if self.topics.read().expect("topics lock").contains_key(name) {
+            return Err(LogError::TopicExists(name.to_string()));
+        }
+        let dir = self.root.join(name);
+        let (n, cfg) = (name.to_string(), self.cfg.clone());
+        let log = blocking(move || {
+            // A leftover directory from a failed create or delete.
+            if dir.exists() {
+                fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+            }
+            TopicLog::create(&n, &dir, cfg, config)
+        })
+        .await?;
+        let stats = log.stats();
+        let mut topics = self.topics.write().expect("topics lock");
+        if topics.contains_key(name) {
+            return Err(LogError::TopicExists(name.to_string()));
+        }
+        topics.insert(name.to_string(), Arc::new(log));
+        Ok(stats)
+    }
+
+    async fn delete_topic(&self, name: &str) -> Result<()> {
+        let log = self
+            .topics
+            .write()
+            .expect("topics lock")
+            .remove(name)
+            .ok_or_else(|| LogError::TopicNotFound(name.to_string()))?;
+        let root = self.root.clone();
+        blocking(move || {
+            log.close();
+            let dir = log.dir().to_path_buf();
+            fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+            sync_dir(&root)
+        })
+        .await
+    }
+
+    fn topics(&self) -> Vec<TopicStats> {
+        let mut v: Vec<_> = self
+            .topics
+            .read()
+            .expect("topics lock")
+            .values()
+            .map(|t| t.stats())
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    fn topic(&self, name: &str) -> Result<TopicStats> {
+        Ok(self.get(name)?.stats())
+    }
+
+    async fn append(&self, topic: &str, records: Vec<AppendRecord>) -> Result<Vec<Appended>> {
+        self.get(topic)?.append(records).await
+    }
+
+    async fn read(
+        &self,
+        topic: &str,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>> {
+        let log = self.get(topic)?;
+        blocking(move || log.read(from, max_records, max_bytes)).await
+    }
+
+    fn watch_head(&self, topic: &str) -> Result<watch::Receiver<u64>> {
+        Ok(self.get(topic)?.watch_head())
+    }
+
+    async fn offset_for_time(&self, topic: &str, timestamp_us: i64) -> Result<u64> {
+        let log = self.get(topic)?;
+        blocking(move || log.offset_for_time(timestamp_us)).await
+    }
+
+    fn committed(&self, topic: &str, group: &str) -> Result<Option<u64>> {
+        Ok(self.get(topic)?.committed(group))
+    }
+
+    async fn commit(
+        &self,
+        topic: &str,
+        group: &str,
+        offset: u64,
+        mode: CommitMode,
+    ) -> Result<bool> {
+        let log = self.get(topic)?;
+        let group = group.to_string();
+        blocking(move || log.commit(&group, offset, mode)).await
+    }
+
+    fn groups(&self, topic: &str) -> Result<Vec<GroupPosition>> {
+        Ok(self.get(topic)?.groups())
+    }
+
+    async fn delete_group(&self, topic: &str, group: &str) -> Result<()> {
+        let log = self.get(topic)?;
+        let group = group.to_string();
+        blocking(move || log.delete_group(&group)).await
+    }
+
+    async fn enforce_retention(&self) -> Result<BTreeMap<String, RetentionReport>> {
+        let logs: Vec<_> = self
+            .topics
+            .read()
+            .expect("topics lock")
+            .values()
+            .cloned()
+            .collect();
+        blocking(move || {
+            let now = now_us();
+            let mut out = BTreeMap::new();
+            for log in logs {
+                out.insert(log.name().to_string(), log.enforce_retention(now)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn close(&self) {
+        let logs: Vec<_> = self
+            .topics
+            .read()
+            .expect("topics lock")
+            .values()
+            .cloned()
+            .collect();
+        let _ = blocking(move || {
+            for log in logs {
+                log.close();
+            }
+            Ok(())
+        })
+        .await;
+    }
+}

@@ -1,0 +1,525 @@
+//! One topic's log: opening and recovering it, appending through the
+//! group-commit writer, reading, seeking by time, group positions and
+//! retention.
+//!
+//! A topic is one log (no partitions). Per-key order is kept by the
+//! broker's dispatcher, which holds back only the failing key, so a topic
+//! does not need partitions for ordering; one log per topic also gives the
+//! group commit the largest batches. Offsets and the wire format carry a
+//! partition number (always 0) so partitions can be added later.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
+    thread::JoinHandle,
+};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::{
+    config::{LogConfig, TopicConfig},
+    dedupe::Dedupe,
+    error::{LogError, Result, io_err},
+    offsets::{CommitMode, GroupOffsets, sync_dir},
+    record::Record,
+    segment::{self, Segment},
+    writer::{AppendRecord, Appended, Job, Writer, WriterStart, now_us},
+};
+
+const TOPIC_META: &str = "topic.json";
+
+/// State shared by the topic handle, its writer and its syncer.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub name: String,
+    pub dir: PathBuf,
+    pub cfg: Arc<LogConfig>,
+    pub segments: RwLock<Vec<Arc<Segment>>>,
+    /// One past the last offset readers may see.
+    pub head: watch::Sender<u64>,
+    poisoned: Mutex<Option<String>>,
+}
+
+impl Shared {
+    pub fn poisoned(&self) -> Option<String> {
+        self.poisoned.lock().expect("poison lock").clone()
+    }
+
+    /// Marks the topic failed and returns the first failure's reason.
+    pub fn poison(&self, err: &LogError) -> String {
+        let mut p = self.poisoned.lock().expect("poison lock");
+        if p.is_none() {
+            tracing::error!(topic = %self.name, error = %err, "log write failed; the topic refuses writes until restart");
+            *p = Some(err.to_string());
+        }
+        p.clone().unwrap_or_default()
+    }
+
+    /// Makes records up to `next_offset` (ending at byte `end` of `seg`)
+    /// visible to readers.
+    pub fn publish(&self, seg: &Segment, end: u64, next_offset: u64) {
+        seg.publish(end);
+        self.head.send_if_modified(|h| {
+            let changed = next_offset > *h;
+            *h = (*h).max(next_offset);
+            changed
+        });
+    }
+}
+
+/// What [`TopicLog::enforce_retention`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub segments_deleted: usize,
+    pub bytes_deleted: u64,
+    /// The earliest retained offset afterwards.
+    pub earliest: u64,
+    /// Groups that had not consumed events the size cap deleted, with how
+    /// many they missed.
+    pub groups_missed: BTreeMap<String, u64>,
+}
+
+/// A consumer group's position in a topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupPosition {
+    pub group: String,
+    pub committed: u64,
+    /// Events retained after the committed offset that the group has yet
+    /// to consume.
+    pub lag: u64,
+    /// Events the group never consumed because retention deleted them.
+    pub missed: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicStats {
+    pub name: String,
+    pub config: TopicConfig,
+    pub earliest: u64,
+    pub head: u64,
+    pub bytes: u64,
+    pub segments: usize,
+}
+
+pub struct TopicLog {
+    shared: Arc<Shared>,
+    config: RwLock<TopicConfig>,
+    offsets: GroupOffsets,
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for TopicLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicLog")
+            .field("name", &self.shared.name)
+            .finish()
+    }
+}
+
+fn write_meta(dir: &Path, cfg: &TopicConfig) -> Result<()> {
+    let path = dir.join(TOPIC_META);
+    let tmp = dir.join("topic.json.tmp");
+    let json = serde_json::to_vec_pretty(cfg).map_err(|e| LogError::Config(e.to_string()))?;
+    fs::write(&tmp, json).map_err(io_err(&tmp))?;
+    fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    sync_dir(dir)
+}
+
+pub(crate) fn read_meta(dir: &Path) -> Result<TopicConfig> {
+    let path = dir.join(TOPIC_META);
+    let data = fs::read(&path).map_err(io_err(&path))?;
+    serde_json::from_slice(&data).map_err(|e| LogError::Config(format!("{}: {e}", path.display())))
+}
+
+impl TopicLog {
+    /// Creates a new topic directory and opens it.
+    pub fn create(
+        name: &str,
+        dir: &Path,
+        cfg: Arc<LogConfig>,
+        topic_cfg: TopicConfig,
+    ) -> Result<Self> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        write_meta(dir, &topic_cfg)?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
+        Self::open(name, dir, cfg)
+    }
+
+    /// Opens and recovers an existing topic directory. Only the tail
+    /// segment is scanned; sealed segments load from their sidecars.
+    pub fn open(name: &str, dir: &Path, cfg: Arc<LogConfig>) -> Result<Self> {
+        cfg.validate()?;
+        let topic_cfg = read_meta(dir)?;
+        let mut bases = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+            let entry = entry.map_err(io_err(dir))?;
+            let fname = entry.file_name();
+            let fname = fname.to_string_lossy();
+            if let Some(base) = segment::parse_base(&fname) {
+                bases.push(base);
+            } else if fname.ends_with(".tmp") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        bases.sort_unstable();
+        let interval = cfg.index_interval_bytes;
+        let max_body = cfg.max_body();
+        let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len().max(1));
+        let tail_ids = match bases.split_last() {
+            None => {
+                segments.push(Arc::new(Segment::create(dir, 0, max_body)?));
+                sync_dir(dir)?;
+                Vec::new()
+            }
+            Some((&last, sealed)) => {
+                for &b in sealed {
+                    segments.push(Arc::new(Segment::open_sealed(dir, b, max_body, interval)?));
+                }
+                let (tail, rec) = Segment::open_tail(dir, last, max_body, interval)?;
+                if rec.truncated_bytes > 0 {
+                    tracing::warn!(
+                        topic = name,
+                        bytes = rec.truncated_bytes,
+                        "recovered from a torn write"
+                    );
+                }
+                segments.push(Arc::new(tail));
+                rec.ids
+            }
+        };
+        for pair in segments.windows(2) {
+            if pair[0].next_offset() != pair[1].base {
+                return Err(LogError::Corrupt {
+                    path: pair[1].path.clone(),
+                    position: 0,
+                    offset: pair[0].next_offset(),
+                    reason: format!(
+                        "segment starts at offset {} but the previous one ends at {}",
+                        pair[1].base,
+                        pair[0].next_offset()
+                    ),
+                });
+            }
+        }
+
+        // Rebuild the dedupe window from the ids of recent segments only.
+        let now = now_us();
+        let window_us = cfg.dedupe_window.as_micros() as i64;
+        let mut dedupe = Dedupe::new(window_us, cfg.dedupe_max_ids);
+        let last_idx = segments.len() - 1;
+        if dedupe.enabled() {
+            for seg in &segments[..last_idx] {
+                if seg.max_timestamp_us() >= now.saturating_sub(window_us) {
+                    for e in seg.load_ids(interval)? {
+                        dedupe.insert(e);
+                    }
+                }
+            }
+            for &e in &tail_ids {
+                dedupe.insert(e);
+            }
+        }
+        let last_ts = segments
+            .iter()
+            .map(|s| s.max_timestamp_us())
+            .max()
+            .unwrap_or(i64::MIN);
+        let active = segments[last_idx].clone();
+        let (head, _) = watch::channel(active.next_offset());
+        let shared = Arc::new(Shared {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            cfg: cfg.clone(),
+            segments: RwLock::new(segments),
+            head,
+            poisoned: Mutex::new(None),
+        });
+        let offsets = GroupOffsets::open(name, dir)?;
+        let (tx, rx) = mpsc::channel(cfg.queue_depth);
+        let threads = Writer::spawn(
+            shared.clone(),
+            WriterStart {
+                active,
+                ids: tail_ids,
+                dedupe,
+                last_ts,
+            },
+            rx,
+        )
+        .map_err(io_err(dir))?;
+        Ok(TopicLog {
+            shared,
+            config: RwLock::new(topic_cfg),
+            offsets,
+            tx: Mutex::new(Some(tx)),
+            threads: Mutex::new(threads),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Appends records and resolves once they are durable under the
+    /// configured fsync policy. Records of one call get consecutive offsets
+    /// unless some are duplicates.
+    pub async fn append(&self, records: Vec<AppendRecord>) -> Result<Vec<Appended>> {
+        let limit = self.shared.cfg.max_record_bytes;
+        if let Some(r) = records.iter().find(|r| r.payload.len() > limit) {
+            return Err(LogError::RecordTooLarge {
+                size: r.payload.len(),
+                limit,
+            });
+        }
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(reason) = self.shared.poisoned() {
+            return Err(LogError::Poisoned {
+                topic: self.shared.name.clone(),
+                reason,
+            });
+        }
+        let tx = self
+            .tx
+            .lock()
+            .expect("tx lock")
+            .clone()
+            .ok_or_else(|| LogError::Closed(self.shared.name.clone()))?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(Job { records, reply })
+            .await
+            .map_err(|_| LogError::Closed(self.shared.name.clone()))?;
+        rx.await
+            .map_err(|_| LogError::Closed(self.shared.name.clone()))?
+    }
+
+    /// One past the last readable offset.
+    pub fn head(&self) -> u64 {
+        *self.shared.head.borrow()
+    }
+
+    /// The earliest offset still retained.
+    pub fn earliest(&self) -> u64 {
+        self.shared.segments.read().expect("segments lock")[0].base
+    }
+
+    /// A receiver that changes whenever the head moves; consumers wait on
+    /// it instead of polling.
+    pub fn watch_head(&self) -> watch::Receiver<u64> {
+        self.shared.head.subscribe()
+    }
+
+    /// Reads up to `max_records` records from `from`, stopping after
+    /// `max_bytes` of payload (but always returning at least one record if
+    /// one is available). Empty when `from` is at the head.
+    pub fn read(&self, from: u64, max_records: usize, max_bytes: usize) -> Result<Vec<Record>> {
+        let head = self.head();
+        let segs: Vec<Arc<Segment>> = {
+            let all = self.shared.segments.read().expect("segments lock");
+            let earliest = all[0].base;
+            if from < earliest {
+                return Err(LogError::OffsetTruncated {
+                    topic: self.shared.name.clone(),
+                    requested: from,
+                    earliest,
+                });
+            }
+            if from >= head || max_records == 0 {
+                return Ok(Vec::new());
+            }
+            let i = all.partition_point(|s| s.base <= from) - 1;
+            all[i..].to_vec()
+        };
+        let mut out = Vec::with_capacity(max_records.min(1024));
+        let mut bytes = 0;
+        for seg in segs {
+            if seg.base >= head
+                || out.len() >= max_records
+                || (bytes >= max_bytes && !out.is_empty())
+            {
+                break;
+            }
+            let budget = if out.is_empty() {
+                max_bytes
+            } else {
+                max_bytes - bytes
+            };
+            bytes += seg.read(
+                from.max(seg.base),
+                head,
+                max_records - out.len(),
+                budget,
+                &mut out,
+            )?;
+        }
+        Ok(out)
+    }
+
+    /// The first offset published at or after `timestamp_us`, or the head
+    /// if there is none yet.
+    pub fn offset_for_time(&self, timestamp_us: i64) -> Result<u64> {
+        let head = self.head();
+        let segs = self.shared.segments.read().expect("segments lock").clone();
+        for seg in segs {
+            if seg.base >= head {
+                break;
+            }
+            if seg.max_timestamp_us() >= timestamp_us
+                && let Some(o) = seg.offset_for_time(timestamp_us, head)?
+            {
+                return Ok(o);
+            }
+        }
+        Ok(head)
+    }
+
+    pub fn config(&self) -> TopicConfig {
+        self.config.read().expect("config lock").clone()
+    }
+
+    pub fn stats(&self) -> TopicStats {
+        let segs = self.shared.segments.read().expect("segments lock");
+        TopicStats {
+            name: self.shared.name.clone(),
+            config: self.config(),
+            earliest: segs[0].base,
+            head: self.head(),
+            bytes: segs.iter().map(|s| s.len()).sum(),
+            segments: segs.len(),
+        }
+    }
+
+    // ---- consumer groups ----
+
+    pub fn committed(&self, group: &str) -> Option<u64> {
+        self.offsets.get(group)
+    }
+
+    /// Durably stores a group's position. `Forward` refuses to move it
+    /// back; an offset beyond the head is refused either way.
+    pub fn commit(&self, group: &str, offset: u64, mode: CommitMode) -> Result<bool> {
+        crate::names::validate("group", group)?;
+        let head = self.head();
+        if offset > head {
+            return Err(LogError::OffsetBeyondHead {
+                topic: self.shared.name.clone(),
+                requested: offset,
+                head,
+            });
+        }
+        self.offsets.commit(group, offset, mode)
+    }
+
+    pub fn delete_group(&self, group: &str) -> Result<()> {
+        if !self.offsets.delete(group)? {
+            return Err(LogError::GroupNotFound {
+                topic: self.shared.name.clone(),
+                group: group.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn group_position(&self, group: &str) -> Option<GroupPosition> {
+        let committed = self.offsets.get(group)?;
+        Some(self.position(group, committed))
+    }
+
+    fn position(&self, group: &str, committed: u64) -> GroupPosition {
+        let earliest = self.earliest();
+        let head = self.head();
+        GroupPosition {
+            group: group.to_string(),
+            committed,
+            lag: head.saturating_sub(committed.max(earliest)),
+            missed: earliest.saturating_sub(committed),
+        }
+    }
+
+    pub fn groups(&self) -> Vec<GroupPosition> {
+        self.offsets
+            .all()
+            .into_iter()
+            .map(|(g, c)| self.position(&g, c))
+            .collect()
+    }
+
+    // ---- retention ----
+
+    /// Deletes whole sealed segments from the front of the log: by age
+    /// only once every group has consumed them, by size regardless (and
+    /// reports who missed what). The active segment is never deleted.
+    pub fn enforce_retention(&self, now_us: i64) -> Result<RetentionReport> {
+        let cfg = self.config();
+        let floor = self.offsets.floor().unwrap_or(u64::MAX);
+        let doomed: Vec<Arc<Segment>> = {
+            let mut segs = self.shared.segments.write().expect("segments lock");
+            let sealed = segs.len() - 1;
+            let mut total: u64 = segs.iter().map(|s| s.len()).sum();
+            let mut n = 0;
+            while n < sealed {
+                let s = &segs[n];
+                let by_size = cfg.retention_bytes.is_some_and(|max| total > max);
+                let by_age = cfg.retention_ms.is_some_and(|ms| {
+                    s.max_timestamp_us() < now_us.saturating_sub(ms as i64 * 1000)
+                        && s.next_offset() <= floor
+                });
+                if !(by_size || by_age) {
+                    break;
+                }
+                total -= s.len();
+                n += 1;
+            }
+            segs.drain(..n).collect()
+        };
+        let mut report = RetentionReport {
+            earliest: self.earliest(),
+            ..Default::default()
+        };
+        for seg in &doomed {
+            report.segments_deleted += 1;
+            report.bytes_deleted += seg.len();
+            seg.remove_files()?;
+        }
+        if !doomed.is_empty() {
+            for (g, c) in self.offsets.all() {
+                if c < report.earliest {
+                    report.groups_missed.insert(g, report.earliest - c);
+                }
+            }
+            tracing::info!(topic = %self.shared.name, segments = report.segments_deleted, bytes = report.bytes_deleted, earliest = report.earliest, "retention deleted segments");
+            for (g, n) in &report.groups_missed {
+                tracing::warn!(topic = %self.shared.name, group = %g, missed = n, "size retention deleted events this group had not consumed");
+            }
+        }
+        Ok(report)
+    }
+
+    /// Stops the writer after it has written and synced everything queued.
+    pub fn close(&self) {
+        self.tx.lock().expect("tx lock").take();
+        let threads = std::mem::take(&mut *self.threads.lock().expect("threads lock"));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for TopicLog {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
