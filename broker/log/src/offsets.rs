@@ -1,6 +1,6 @@
 //! Committed positions of consumer groups, one file per topic.
 //!
-//! `groups.log` is append-only: each commit appends a small checksummed
+//! `groups.offsets` is append-only: each commit appends a small checksummed
 //! record (group name and offset) and fdatasyncs it, and the last record of
 //! a group wins. When dead records dominate, the file is rewritten
 //! atomically (write, fsync, rename, fsync the directory). The broker
@@ -95,7 +95,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 
 impl GroupOffsets {
     pub fn open(topic: &str, dir: &Path) -> Result<Self> {
-        let path = dir.join("groups.log");
+        let path = dir.join("groups.offsets");
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -256,7 +256,7 @@ mod tests {
         o.commit("g", 7, CommitMode::Forward).unwrap();
         o.commit("g", 8, CommitMode::Forward).unwrap();
         drop(o);
-        let p = dir.path().join("groups.log");
+        let p = dir.path().join("groups.offsets");
         let len = fs::metadata(&p).unwrap().len();
         OpenOptions::new()
             .write(true)

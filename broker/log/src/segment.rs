@@ -272,7 +272,7 @@ impl Segment {
             let want = ((len - pos) as usize).min(CHUNK.max(self.max_body + record::FRAME_HEADER));
             let buf = self.read_chunk(pos, want)?;
             let mut i = 0usize;
-            loop {
+            while i < buf.len() {
                 match record::decode(&buf.slice(i..), self.max_body) {
                     Decoded::Record(r, n) => {
                         if r.offset != s.next_offset {

@@ -1,0 +1,79 @@
+//! Helpers shared by the log's integration tests.
+#![allow(dead_code)]
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use mesh_log::{AppendRecord, Appended, LogConfig, Record, TopicConfig, TopicLog};
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Small segments so that a few hundred records roll several times.
+pub fn small_cfg() -> LogConfig {
+    LogConfig {
+        segment_bytes: 8 << 10,
+        index_interval_bytes: 512,
+        ..LogConfig::default()
+    }
+}
+
+pub fn create(dir: &Path, cfg: LogConfig, tc: TopicConfig) -> TopicLog {
+    TopicLog::create("t", &dir.join("t"), Arc::new(cfg), tc).unwrap()
+}
+
+pub fn open(dir: &Path, cfg: LogConfig) -> mesh_log::Result<TopicLog> {
+    TopicLog::open("t", &dir.join("t"), Arc::new(cfg))
+}
+
+pub fn rec(payload: impl Into<Vec<u8>>) -> AppendRecord {
+    AppendRecord {
+        id: None,
+        payload: Bytes::from(payload.into()),
+    }
+}
+
+pub fn rec_id(id: &str, payload: impl Into<Vec<u8>>) -> AppendRecord {
+    AppendRecord {
+        id: Some(id.to_string()),
+        payload: Bytes::from(payload.into()),
+    }
+}
+
+pub fn append(
+    rt: &tokio::runtime::Runtime,
+    log: &TopicLog,
+    recs: Vec<AppendRecord>,
+) -> Vec<Appended> {
+    rt.block_on(log.append(recs)).unwrap()
+}
+
+pub fn read_all(log: &TopicLog) -> mesh_log::Result<Vec<Record>> {
+    let mut out = Vec::new();
+    let mut from = log.earliest();
+    loop {
+        let batch = log.read(from, 100, 1 << 20)?;
+        let Some(last) = batch.last() else {
+            return Ok(out);
+        };
+        from = last.offset + 1;
+        out.extend(batch);
+    }
+}
+
+pub fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir.join("t"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    v.sort();
+    v
+}
+
+pub const SHORT: Duration = Duration::from_millis(50);
