@@ -95,6 +95,7 @@ impl LogConfig {
 
 /// Per-topic settings, persisted in the topic's `topic.json`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TopicConfig {
     /// Delete sealed segments whose newest event is older than this, once
     /// every group has consumed them.
@@ -103,4 +104,7 @@ pub struct TopicConfig {
     /// this, even if a group still needs them (the group's lag then shows
     /// the events it missed).
     pub retention_bytes: Option<u64>,
+    /// Deliveries of one event to a group before it is dead-lettered;
+    /// `None` means the broker's default. The log only stores it.
+    pub max_delivery_attempts: Option<u32>,
 }

@@ -33,5 +33,5 @@ pub use error::{LogError, Result};
 pub use offsets::CommitMode;
 pub use record::Record;
 pub use storage::{LocalStorage, Storage};
-pub use topic::{GroupPosition, RetentionReport, TopicLog, TopicStats};
+pub use topic::{GroupPosition, PendingAppend, RetentionReport, TopicLog, TopicStats};
 pub use writer::{AppendRecord, Appended};

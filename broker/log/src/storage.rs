@@ -20,7 +20,7 @@ use crate::{
     names,
     offsets::{CommitMode, sync_dir},
     record::Record,
-    topic::{GroupPosition, RetentionReport, TopicLog, TopicStats},
+    topic::{GroupPosition, PendingAppend, RetentionReport, TopicLog, TopicStats},
     writer::{AppendRecord, Appended, now_us},
 };
 
@@ -32,7 +32,13 @@ pub trait Storage: Send + Sync + 'static {
     fn topic(&self, name: &str) -> Result<TopicStats>;
 
     /// Resolves once the records are durable under the fsync policy.
-    async fn append(&self, topic: &str, records: Vec<AppendRecord>) -> Result<Vec<Appended>>;
+    async fn append(&self, topic: &str, records: Vec<AppendRecord>) -> Result<Vec<Appended>> {
+        self.submit(topic, records).await?.await
+    }
+    /// Queues records and returns once they are queued; the returned
+    /// future resolves when they are durable. Submissions made one after
+    /// another are appended in that order.
+    async fn submit(&self, topic: &str, records: Vec<AppendRecord>) -> Result<PendingAppend>;
     async fn read(
         &self,
         topic: &str,
@@ -185,8 +191,8 @@ impl Storage for LocalStorage {
         Ok(self.get(name)?.stats())
     }
 
-    async fn append(&self, topic: &str, records: Vec<AppendRecord>) -> Result<Vec<Appended>> {
-        self.get(topic)?.append(records).await
+    async fn submit(&self, topic: &str, records: Vec<AppendRecord>) -> Result<PendingAppend> {
+        self.get(topic)?.submit(records).await
     }
 
     async fn read(

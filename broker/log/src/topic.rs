@@ -12,7 +12,9 @@ use std::{
     collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
+    pin::Pin,
     sync::{Arc, Mutex, RwLock},
+    task::{Context, Poll},
     thread::JoinHandle,
 };
 
@@ -29,6 +31,27 @@ use crate::{
 };
 
 const TOPIC_META: &str = "topic.json";
+
+/// An append that has been queued: await it for the outcome.
+pub struct PendingAppend(Pin<Box<dyn Future<Output = Result<Vec<Appended>>> + Send>>);
+
+impl PendingAppend {
+    pub fn ready(r: Result<Vec<Appended>>) -> Self {
+        PendingAppend(Box::pin(std::future::ready(r)))
+    }
+
+    pub fn new(f: impl Future<Output = Result<Vec<Appended>>> + Send + 'static) -> Self {
+        PendingAppend(Box::pin(f))
+    }
+}
+
+impl Future for PendingAppend {
+    type Output = Result<Vec<Appended>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx)
+    }
+}
 
 /// State shared by the topic handle, its writer and its syncer.
 #[derive(Debug)]
@@ -276,6 +299,14 @@ impl TopicLog {
     /// configured fsync policy. Records of one call get consecutive offsets
     /// unless some are duplicates.
     pub async fn append(&self, records: Vec<AppendRecord>) -> Result<Vec<Appended>> {
+        self.submit(records).await?.await
+    }
+
+    /// Queues records for appending and returns once they are queued, with
+    /// a future that resolves when they are durable. Calls that are queued
+    /// in order are appended in that order, so a publisher can keep many
+    /// batches in flight without reordering them.
+    pub async fn submit(&self, records: Vec<AppendRecord>) -> Result<PendingAppend> {
         let limit = self.shared.cfg.max_record_bytes;
         if let Some(r) = records.iter().find(|r| r.payload.len() > limit) {
             return Err(LogError::RecordTooLarge {
@@ -283,12 +314,13 @@ impl TopicLog {
                 limit,
             });
         }
+        let name = self.shared.name.clone();
         if records.is_empty() {
-            return Ok(Vec::new());
+            return Ok(PendingAppend::ready(Ok(Vec::new())));
         }
         if let Some(reason) = self.shared.poisoned() {
             return Err(LogError::Poisoned {
-                topic: self.shared.name.clone(),
+                topic: name,
                 reason,
             });
         }
@@ -297,13 +329,14 @@ impl TopicLog {
             .lock()
             .expect("tx lock")
             .clone()
-            .ok_or_else(|| LogError::Closed(self.shared.name.clone()))?;
+            .ok_or_else(|| LogError::Closed(name.clone()))?;
         let (reply, rx) = oneshot::channel();
         tx.send(Job { records, reply })
             .await
-            .map_err(|_| LogError::Closed(self.shared.name.clone()))?;
-        rx.await
-            .map_err(|_| LogError::Closed(self.shared.name.clone()))?
+            .map_err(|_| LogError::Closed(name.clone()))?;
+        Ok(PendingAppend(Box::pin(async move {
+            rx.await.map_err(|_| LogError::Closed(name))?
+        })))
     }
 
     /// One past the last readable offset.

@@ -1,0 +1,254 @@
+//! Topic, group and dead-letter administration.
+
+use std::time::Duration;
+
+use mesh_log::{CommitMode, LogError, TopicStats};
+use mesh_proto::broker::v1 as pb;
+
+use crate::{
+    convert,
+    dispatcher::{Cmd, SeekOutcome},
+    dlq,
+    error::{BrokerError, Result},
+    state::Broker,
+    subscribe::{parse_start, resolve_start},
+};
+
+fn topic_info(t: TopicStats, default_attempts: u32) -> pb::TopicInfo {
+    pb::TopicInfo {
+        name: t.name,
+        partitions: 1,
+        retention_ms: t.config.retention_ms.unwrap_or(0),
+        retention_bytes: t.config.retention_bytes.unwrap_or(0),
+        max_delivery_attempts: t.config.max_delivery_attempts.unwrap_or(default_attempts),
+        earliest_offset: t.earliest,
+        head_offset: t.head,
+        bytes_on_disk: t.bytes,
+        segments: t.segments as u32,
+    }
+}
+
+fn name(field: &str, what: &'static str, v: &str) -> Result<()> {
+    mesh_log::names::validate(what, v).map_err(|e| BrokerError::invalid(field, e.to_string()))
+}
+
+impl Broker {
+    fn info(&self, t: TopicStats) -> pb::TopicInfo {
+        topic_info(t, self.cfg.delivery.max_delivery_attempts)
+    }
+
+    pub async fn create_topic(&self, r: pb::CreateTopicRequest) -> Result<pb::TopicInfo> {
+        name("name", "topic", &r.name)?;
+        if r.max_delivery_attempts == Some(0) {
+            return Err(BrokerError::invalid(
+                "max_delivery_attempts",
+                "must be at least 1",
+            ));
+        }
+        let tc = self
+            .cfg
+            .topic_config(r.retention_ms, r.retention_bytes, r.max_delivery_attempts);
+        let t = self.storage.create_topic(&r.name, tc).await?;
+        Ok(self.info(t))
+    }
+
+    pub fn list_topics(&self) -> pb::ListTopicsResponse {
+        pb::ListTopicsResponse {
+            topics: self
+                .storage
+                .topics()
+                .into_iter()
+                .map(|t| self.info(t))
+                .collect(),
+        }
+    }
+
+    pub fn describe_topic(&self, r: pb::DescribeTopicRequest) -> Result<pb::TopicInfo> {
+        name("name", "topic", &r.name)?;
+        Ok(self.info(self.storage.topic(&r.name)?))
+    }
+
+    pub async fn delete_topic(&self, r: pb::DeleteTopicRequest) -> Result<()> {
+        name("name", "topic", &r.name)?;
+        self.storage.topic(&r.name)?;
+        for h in self.groups.take(Some(&r.name)) {
+            h.stop().await;
+        }
+        Ok(self.storage.delete_topic(&r.name).await?)
+    }
+
+    pub async fn describe_group(&self, topic: &str, group: &str) -> Result<pb::GroupInfo> {
+        name("topic", "topic", topic)?;
+        name("group", "group", group)?;
+        let t = self.storage.topic(topic)?;
+        let running = match self.groups.get(topic, group) {
+            Some(h) => Some(h.describe().await?),
+            None => None,
+        };
+        let stored = self
+            .storage
+            .groups(topic)?
+            .into_iter()
+            .find(|g| g.group == group);
+        let (committed, position, missed) = match (&running, &stored) {
+            (Some(s), st) => (s.committed, s.position, st.as_ref().map_or(0, |g| g.missed)),
+            (None, Some(g)) => (g.committed, g.committed, g.missed),
+            (None, None) => {
+                return Err(BrokerError::NotFound(format!(
+                    "group {group:?} of topic {topic:?} not found"
+                )));
+            }
+        };
+        let position = position.max(t.earliest);
+        let oldest_us = match running.as_ref().and_then(|s| s.oldest_unacked_us) {
+            Some(us) => Some(us),
+            None if position < t.head => self
+                .storage
+                .read(topic, position, 1, 1)
+                .await?
+                .first()
+                .map(|r| r.timestamp_us),
+            None => None,
+        };
+        let age = oldest_us.map_or(Duration::ZERO, |us| {
+            Duration::from_micros((convert::now_us() - us).max(0) as u64)
+        });
+        let s = running.unwrap_or_default();
+        Ok(pb::GroupInfo {
+            topic: topic.to_string(),
+            group: group.to_string(),
+            committed_offset: committed,
+            lag_events: t.head.saturating_sub(position),
+            oldest_unacked_age: Some(convert::duration(age)),
+            missed_events: missed,
+            in_flight: s.in_flight,
+            redelivered: s.redelivered,
+            dead_lettered: s.dead_lettered,
+            members: s.members,
+            dead_letters: dlq::count(&*self.storage, topic, group)?,
+        })
+    }
+
+    pub async fn list_groups(&self, topic: &str) -> Result<pb::ListGroupsResponse> {
+        name("topic", "topic", topic)?;
+        let mut groups = Vec::new();
+        for g in self.storage.groups(topic)? {
+            groups.push(self.describe_group(topic, &g.group).await?);
+        }
+        Ok(pb::ListGroupsResponse { groups })
+    }
+
+    pub async fn seek_group(&self, r: pb::SeekGroupRequest) -> Result<pb::SeekGroupResponse> {
+        name("topic", "topic", &r.topic)?;
+        name("group", "group", &r.group)?;
+        if r.position
+            .as_ref()
+            .and_then(|p| p.position.as_ref())
+            .is_none()
+        {
+            return Err(BrokerError::invalid(
+                "position",
+                "required: earliest, latest, offset or time",
+            ));
+        }
+        let start = parse_start(r.position.as_ref(), "position")?;
+        let target = resolve_start(self, &r.topic, start)
+            .await
+            .map_err(|e| match e {
+                BrokerError::InvalidArgument { reason, .. } => {
+                    BrokerError::invalid("position.offset", reason)
+                }
+                e => e,
+            })?;
+        let outcome = match self.groups.get(&r.topic, &r.group) {
+            Some(h) => {
+                let (reply, rx) = tokio::sync::oneshot::channel();
+                h.send(Cmd::Seek {
+                    target,
+                    dry_run: r.dry_run,
+                    reply,
+                })
+                .await?;
+                rx.await.map_err(|_| BrokerError::ShuttingDown)??
+            }
+            None => {
+                let previous = self
+                    .storage
+                    .committed(&r.topic, &r.group)?
+                    .unwrap_or(target);
+                if !r.dry_run {
+                    self.storage
+                        .commit(&r.topic, &r.group, target, CommitMode::Reset)
+                        .await?;
+                }
+                SeekOutcome {
+                    previous,
+                    target,
+                    to_redeliver: previous.saturating_sub(target),
+                    to_skip: target.saturating_sub(previous),
+                }
+            }
+        };
+        Ok(pb::SeekGroupResponse {
+            previous_offset: outcome.previous,
+            new_offset: outcome.target,
+            events_to_redeliver: outcome.to_redeliver,
+            events_to_skip: outcome.to_skip,
+            applied: !r.dry_run,
+        })
+    }
+
+    pub async fn delete_group(&self, topic: &str, group: &str) -> Result<()> {
+        name("topic", "topic", topic)?;
+        name("group", "group", group)?;
+        if let Some(h) = self.groups.get(topic, group) {
+            let members = h.describe().await?.members.len();
+            if members > 0 {
+                return Err(BrokerError::FailedPrecondition(format!(
+                    "group {group:?} has {members} connected member(s); disconnect them first"
+                )));
+            }
+            if let Some(h) = self.groups.take_one(topic, group) {
+                h.stop().await;
+            }
+        }
+        self.storage
+            .delete_group(topic, group)
+            .await
+            .map_err(|e| match e {
+                LogError::GroupNotFound { .. } => BrokerError::NotFound(e.to_string()),
+                e => e.into(),
+            })
+    }
+
+    pub async fn list_dead_letters(
+        &self,
+        r: pb::ListDeadLettersRequest,
+    ) -> Result<pb::ListDeadLettersResponse> {
+        name("topic", "topic", &r.topic)?;
+        name("group", "group", &r.group)?;
+        self.storage.topic(&r.topic)?;
+        let limit = match r.limit {
+            0 => 100,
+            n if n > 1000 => return Err(BrokerError::invalid("limit", "must be at most 1000")),
+            n => n as usize,
+        };
+        Ok(pb::ListDeadLettersResponse {
+            dead_letters: dlq::list(&*self.storage, &r.topic, &r.group, limit).await?,
+            dead_letter_topic: dlq::topic_name(&r.topic, &r.group),
+        })
+    }
+
+    pub async fn redrive(&self, r: pb::RedriveDeadLettersRequest) -> Result<u64> {
+        name("topic", "topic", &r.topic)?;
+        name("group", "group", &r.group)?;
+        dlq::redrive(&*self.storage, &r.topic, &r.group, r.limit as u64).await
+    }
+
+    pub async fn purge(&self, r: pb::PurgeDeadLettersRequest) -> Result<u64> {
+        name("topic", "topic", &r.topic)?;
+        name("group", "group", &r.group)?;
+        self.storage.topic(&r.topic)?;
+        dlq::purge(&*self.storage, &r.topic, &r.group).await
+    }
+}

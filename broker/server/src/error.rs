@@ -1,0 +1,110 @@
+//! Errors of the broker, and the one place they become gRPC statuses.
+
+use mesh_log::LogError;
+use tonic::{Code, Status};
+
+use crate::config::ConfigError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+
+    /// A request field is missing or malformed; names the field.
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+
+    /// A configured limit was reached.
+    #[error("{0}")]
+    ResourceExhausted(String),
+
+    /// The request is well-formed but not allowed in the current state.
+    #[error("{0}")]
+    FailedPrecondition(String),
+
+    #[error("{0}")]
+    NotFound(String),
+
+    #[error("the broker is shutting down; reconnect")]
+    ShuttingDown,
+
+    #[error("server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl BrokerError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        BrokerError::InvalidArgument {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            BrokerError::Log(e) => log_code(e),
+            BrokerError::InvalidArgument { .. } => Code::InvalidArgument,
+            BrokerError::ResourceExhausted(_) => Code::ResourceExhausted,
+            BrokerError::FailedPrecondition(_) => Code::FailedPrecondition,
+            BrokerError::NotFound(_) => Code::NotFound,
+            BrokerError::ShuttingDown => Code::Unavailable,
+            BrokerError::Config(_) | BrokerError::Transport(_) | BrokerError::Io(_) => {
+                Code::Internal
+            }
+        }
+    }
+}
+
+fn log_code(e: &LogError) -> Code {
+    match e {
+        LogError::TopicNotFound(_) | LogError::GroupNotFound { .. } => Code::NotFound,
+        LogError::TopicExists(_) => Code::AlreadyExists,
+        LogError::InvalidName { .. } | LogError::RecordTooLarge { .. } => Code::InvalidArgument,
+        LogError::OffsetTruncated { .. } | LogError::OffsetBeyondHead { .. } => Code::OutOfRange,
+        LogError::OffsetRegression { .. } => Code::FailedPrecondition,
+        LogError::Corrupt { .. } => Code::DataLoss,
+        // Both clear up when the broker restarts; clients should retry.
+        LogError::Poisoned { .. } | LogError::Closed(_) => Code::Unavailable,
+        LogError::Io { .. } | LogError::Config(_) => Code::Internal,
+    }
+}
+
+impl From<BrokerError> for Status {
+    fn from(e: BrokerError) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+/// The in-stream error message for an error that must not end the stream.
+pub fn to_proto(e: &BrokerError) -> mesh_proto::broker::v1::Error {
+    mesh_proto::broker::v1::Error {
+        code: format!("{:?}", e.code()).to_uppercase_snake(),
+        message: e.to_string(),
+    }
+}
+
+trait SnakeUpper {
+    fn to_uppercase_snake(&self) -> String;
+}
+
+impl SnakeUpper for String {
+    /// `InvalidArgument` → `INVALID_ARGUMENT`, the canonical status name.
+    fn to_uppercase_snake(&self) -> String {
+        let mut out = String::with_capacity(self.len() + 4);
+        for (i, c) in self.chars().enumerate() {
+            if c.is_uppercase() && i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_uppercase());
+        }
+        out
+    }
+}
+
+pub type Result<T, E = BrokerError> = std::result::Result<T, E>;

@@ -1,0 +1,61 @@
+//! The running group dispatchers, one per (topic, group), started when a
+//! group's first member joins.
+
+use std::{collections::HashMap, sync::Arc, sync::Mutex};
+
+use mesh_log::Storage;
+
+use crate::{
+    config::BrokerConfig,
+    dispatcher::{Dispatcher, GroupHandle},
+    error::Result,
+};
+
+#[derive(Default)]
+pub struct Groups {
+    map: Mutex<HashMap<(String, String), GroupHandle>>,
+}
+
+impl Groups {
+    pub fn get(&self, topic: &str, group: &str) -> Option<GroupHandle> {
+        let map = self.map.lock().expect("groups lock");
+        map.get(&(topic.to_string(), group.to_string()))
+            .filter(|h| !h.tx.is_closed())
+            .cloned()
+    }
+
+    pub fn get_or_spawn(
+        &self,
+        topic: &str,
+        group: &str,
+        storage: &Arc<dyn Storage>,
+        cfg: &Arc<BrokerConfig>,
+    ) -> Result<GroupHandle> {
+        let mut map = self.map.lock().expect("groups lock");
+        let key = (topic.to_string(), group.to_string());
+        if let Some(h) = map.get(&key).filter(|h| !h.tx.is_closed()) {
+            return Ok(h.clone());
+        }
+        let h = Dispatcher::spawn(topic, group, storage.clone(), cfg.clone())?;
+        map.insert(key, h.clone());
+        Ok(h)
+    }
+
+    /// Removes and returns the dispatchers of a topic, or of every topic.
+    pub fn take(&self, topic: Option<&str>) -> Vec<GroupHandle> {
+        let mut map = self.map.lock().expect("groups lock");
+        let keys: Vec<_> = map
+            .keys()
+            .filter(|(t, _)| topic.is_none_or(|x| x == t))
+            .cloned()
+            .collect();
+        keys.into_iter().filter_map(|k| map.remove(&k)).collect()
+    }
+
+    pub fn take_one(&self, topic: &str, group: &str) -> Option<GroupHandle> {
+        self.map
+            .lock()
+            .expect("groups lock")
+            .remove(&(topic.to_string(), group.to_string()))
+    }
+}

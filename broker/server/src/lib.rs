@@ -1,0 +1,48 @@
+//! The mesh's event broker, as a library; `main.rs` only parses config and
+//! calls [`run`].
+//!
+//! - [`server`]: [`run`]: storage, gRPC server (health, reflection v1 and
+//!   v1alpha), retention, graceful drain; SIGTERM/SIGINT handling.
+//! - [`service`]: the gRPC edge (generated `Broker` trait).
+//! - [`publish`]: the Publish stream and PublishUnary.
+//! - [`subscribe`]: Subscribe sessions: group members and ephemeral tails.
+//! - [`dispatcher`]: one consumer group's actor: credit, per-key order,
+//!   acks, redelivery with backoff, dead-lettering, committed position.
+//! - [`groups`]: the running dispatchers.
+//! - [`dlq`]: dead-letter topics: append, list, redrive, purge.
+//! - [`admin`]: topic, group and dead-letter administration.
+//! - [`state`]: what all handlers share.
+//! - [`config`]: `broker.toml` plus `BROKER__*` environment overrides.
+//! - [`convert`]: timestamps and record-to-event conversion.
+//! - [`error`]: [`BrokerError`] and its mapping to gRPC status codes.
+
+pub mod admin;
+pub mod config;
+pub mod convert;
+pub mod dispatcher;
+pub mod dlq;
+pub mod error;
+pub mod groups;
+pub mod publish;
+pub mod server;
+pub mod service;
+pub mod state;
+pub mod subscribe;
+
+pub use config::BrokerConfig;
+pub use error::BrokerError;
+pub use server::{run, shutdown_signal};
+
+/// Sets up logging to stderr: human-readable, or JSON when asked.
+pub fn init_tracing(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

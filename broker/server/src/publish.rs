@@ -1,0 +1,169 @@
+//! The Publish stream and its unary twin.
+//!
+//! Requests on one stream are validated and queued to the log in the order
+//! they arrive, so per-key order holds across a publisher's batches; their
+//! appends then complete concurrently and share group-commit fsyncs with
+//! every other stream. At most `limits.max_publish_in_flight` requests of a
+//! stream wait for their fsync at once; past that the broker stops reading
+//! the stream, which pushes back on the client through HTTP/2 flow control.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use mesh_log::{AppendRecord, PendingAppend};
+use mesh_proto::broker::v1::{PublishRequest, PublishResponse, PublishResult};
+use prost::Message;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+use crate::{
+    error::{BrokerError, Result, to_proto},
+    state::Broker,
+};
+
+pub type PublishStream = ReceiverStream<Result<PublishResponse, Status>>;
+
+/// Checks a request and turns its events into log records.
+fn encode(broker: &Broker, req: PublishRequest) -> Result<(String, Vec<AppendRecord>)> {
+    let limits = &broker.cfg.limits;
+    if req.events.is_empty() {
+        return Err(BrokerError::invalid(
+            "events",
+            "must contain at least one event",
+        ));
+    }
+    if req.events.len() > limits.max_batch_events {
+        return Err(BrokerError::invalid(
+            "events",
+            format!(
+                "{} events exceed limits.max_batch_events = {}",
+                req.events.len(),
+                limits.max_batch_events
+            ),
+        ));
+    }
+    let mut records = Vec::with_capacity(req.events.len());
+    for (i, mut ev) in req.events.into_iter().enumerate() {
+        if ev.id.is_empty() {
+            return Err(BrokerError::invalid(
+                format!("events[{i}].id"),
+                "must not be empty",
+            ));
+        }
+        if ev.spec_version.is_empty() {
+            ev.spec_version = "1.0".into();
+        }
+        let size = ev.encoded_len();
+        if size > limits.max_event_bytes {
+            return Err(BrokerError::invalid(
+                format!("events[{i}]"),
+                format!(
+                    "encoded size {size} bytes exceeds limits.max_event_bytes = {}",
+                    limits.max_event_bytes
+                ),
+            ));
+        }
+        records.push(AppendRecord {
+            id: Some(ev.id.clone()),
+            payload: Bytes::from(ev.encode_to_vec()),
+        });
+    }
+    Ok((req.topic, records))
+}
+
+/// Validates and queues one request; the returned future resolves when it
+/// is durable.
+async fn submit(broker: &Broker, req: PublishRequest) -> Result<PendingAppend> {
+    broker.ensure_topic("topic", &req.topic).await?;
+    let (topic, records) = encode(broker, req)?;
+    Ok(broker.storage.submit(&topic, records).await?)
+}
+
+fn response(sequence: u64, r: Result<Vec<mesh_log::Appended>>) -> PublishResponse {
+    match r {
+        Ok(acks) => PublishResponse {
+            sequence,
+            results: acks
+                .into_iter()
+                .map(|a| PublishResult {
+                    partition: 0,
+                    offset: a.offset,
+                    duplicate: a.duplicate,
+                })
+                .collect(),
+            error: None,
+        },
+        Err(e) => PublishResponse {
+            sequence,
+            results: Vec::new(),
+            error: Some(to_proto(&e)),
+        },
+    }
+}
+
+pub async fn publish_unary(broker: &Broker, req: PublishRequest) -> Result<PublishResponse> {
+    if broker.is_stopping() {
+        return Err(BrokerError::ShuttingDown);
+    }
+    let seq = req.sequence;
+    let pending = submit(broker, req).await?;
+    let acks = pending.await?;
+    Ok(response(seq, Ok(acks)))
+}
+
+pub fn publish_stream(
+    broker: Arc<Broker>,
+    mut inbound: Streaming<PublishRequest>,
+) -> Result<PublishStream> {
+    let slot = broker.publishers.clone().try_acquire_owned().map_err(|_| {
+        BrokerError::ResourceExhausted(format!(
+            "limits.max_publishers = {} publish streams are already open",
+            broker.cfg.limits.max_publishers
+        ))
+    })?;
+    let max = broker.cfg.limits.max_publish_in_flight;
+    let (tx, rx) = mpsc::channel(max.min(1024));
+    tokio::spawn(async move {
+        let _slot = slot;
+        let in_flight = Arc::new(Semaphore::new(max));
+        let mut stopping = broker.stopping.clone();
+        let mut shutting_down = false;
+        loop {
+            let permit = tokio::select! {
+                p = in_flight.clone().acquire_owned() => p.expect("semaphore is never closed"),
+                _ = crate::state::stopped(&mut stopping) => { shutting_down = true; break; }
+            };
+            let msg = tokio::select! {
+                m = inbound.message() => m,
+                _ = crate::state::stopped(&mut stopping) => { shutting_down = true; break; }
+            };
+            let req = match msg {
+                Ok(Some(req)) => req,
+                // The client finished, or the stream broke: requests already
+                // queued still complete and stay durable.
+                Ok(None) | Err(_) => break,
+            };
+            let seq = req.sequence;
+            match submit(&broker, req).await {
+                Err(e) => {
+                    let _ = tx.send(Ok(response(seq, Err(e)))).await;
+                }
+                Ok(pending) => {
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let r = pending.await.map_err(BrokerError::from);
+                        let _ = tx.send(Ok(response(seq, r))).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+        // Answer everything in flight before ending the stream.
+        let _ = in_flight.acquire_many(max as u32).await;
+        if shutting_down {
+            let _ = tx.send(Err(Status::from(BrokerError::ShuttingDown))).await;
+        }
+    });
+    Ok(ReceiverStream::new(rx))
+}

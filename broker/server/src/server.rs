@@ -1,0 +1,157 @@
+//! Starting and stopping the broker: open storage, serve gRPC (with health
+//! and reflection), enforce retention, and drain on shutdown.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use mesh_log::{LocalStorage, LogError, Storage};
+use mesh_proto::broker::v1::broker_server::BrokerServer;
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::{
+    config::BrokerConfig,
+    error::{BrokerError, Result},
+    service::BrokerService,
+    state::Broker,
+};
+
+/// Runs the broker on `listener` until `shutdown` resolves, then drains:
+/// stops taking work, answers and syncs the appends in flight, ends
+/// subscriber streams with UNAVAILABLE (clients reconnect), commits group
+/// positions and closes the log, all within `drain_deadline_ms`.
+pub async fn run(
+    cfg: BrokerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    cfg.validate()?;
+    let cfg = Arc::new(cfg);
+    let (dir, log_cfg) = (cfg.data_dir.clone(), cfg.log_config());
+    let storage = tokio::task::spawn_blocking(move || LocalStorage::open(&dir, log_cfg))
+        .await
+        .map_err(|e| BrokerError::Io(std::io::Error::other(e)))??;
+    let storage: Arc<dyn Storage> = Arc::new(storage);
+    for t in &cfg.topics {
+        let tc = cfg.topic_config(t.retention_ms, t.retention_bytes, t.max_delivery_attempts);
+        match storage.create_topic(&t.name, tc).await {
+            Ok(_) => tracing::info!(topic = %t.name, "created configured topic"),
+            Err(LogError::TopicExists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let broker = Arc::new(Broker::new(storage.clone(), cfg.clone(), stop_rx.clone()));
+    let retention = tokio::spawn(retention_loop(
+        storage.clone(),
+        cfg.clone(),
+        stop_rx.clone(),
+    ));
+
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health.set_serving::<BrokerServer<BrokerService>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(mesh_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| BrokerError::Io(std::io::Error::other(e)))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(mesh_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| BrokerError::Io(std::io::Error::other(e)))?;
+    let max_msg = cfg.limits.max_message_bytes;
+    let svc = BrokerServer::new(BrokerService {
+        broker: broker.clone(),
+    })
+    .max_decoding_message_size(max_msg)
+    .max_encoding_message_size(max_msg);
+
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "broker listening");
+    let health_on_stop = health.clone();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutdown requested; draining");
+        health_on_stop
+            .set_not_serving::<BrokerServer<BrokerService>>()
+            .await;
+        let _ = stop_tx.send(true);
+    };
+    let heartbeat = BrokerConfig::ms(cfg.delivery.heartbeat_interval_ms);
+    let server = Server::builder()
+        .tcp_nodelay(true)
+        // Detects half-open connections below the gRPC streams as well.
+        .http2_keepalive_interval(Some(heartbeat))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(health_svc)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(svc)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+
+    let drain = BrokerConfig::ms(cfg.drain_deadline_ms);
+    let mut stopped = stop_rx.clone();
+    let deadline = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+        tokio::time::sleep(drain).await;
+    };
+    tokio::select! {
+        r = server => r?,
+        _ = deadline => tracing::warn!(deadline_ms = drain.as_millis() as u64, "drain deadline passed; closing the remaining connections"),
+    }
+    retention.abort();
+    let groups = broker.groups.take(None);
+    let flush = async {
+        for g in groups {
+            g.stop().await;
+        }
+        storage.close().await;
+    };
+    if tokio::time::timeout(drain, flush).await.is_err() {
+        tracing::warn!("closing storage took longer than the drain deadline");
+    }
+    tracing::info!("broker stopped");
+    Ok(())
+}
+
+async fn retention_loop(
+    storage: Arc<dyn Storage>,
+    cfg: Arc<BrokerConfig>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let every = BrokerConfig::ms(cfg.storage.retention_check_interval_ms);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = storage.enforce_retention().await {
+            tracing::error!(error = %e, "retention failed");
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,73 @@
+//! What every RPC handler shares: storage, config, the running groups and
+//! the shutdown signal.
+
+use std::sync::Arc;
+
+use mesh_log::{LogError, Storage};
+use tokio::sync::{Semaphore, watch};
+
+use crate::{
+    config::BrokerConfig,
+    error::{BrokerError, Result},
+    groups::Groups,
+};
+
+pub struct Broker {
+    pub storage: Arc<dyn Storage>,
+    pub cfg: Arc<BrokerConfig>,
+    pub groups: Groups,
+    /// Becomes true when shutdown starts.
+    pub stopping: watch::Receiver<bool>,
+    pub subscribers: Arc<Semaphore>,
+    pub publishers: Arc<Semaphore>,
+}
+
+impl Broker {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        cfg: Arc<BrokerConfig>,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        Broker {
+            subscribers: Arc::new(Semaphore::new(cfg.limits.max_subscribers)),
+            publishers: Arc::new(Semaphore::new(cfg.limits.max_publishers)),
+            storage,
+            cfg,
+            groups: Groups::default(),
+            stopping,
+        }
+    }
+
+    /// Checks that a topic exists, creating it if the config allows.
+    pub async fn ensure_topic(&self, field: &str, name: &str) -> Result<()> {
+        mesh_log::names::validate("topic", name)
+            .map_err(|e| BrokerError::invalid(field, e.to_string()))?;
+        match self.storage.topic(name) {
+            Ok(_) => Ok(()),
+            Err(LogError::TopicNotFound(_)) if self.cfg.auto_create_topics => {
+                match self
+                    .storage
+                    .create_topic(name, self.cfg.topic_config(None, None, None))
+                    .await
+                {
+                    Ok(_) | Err(LogError::TopicExists(_)) => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Err(LogError::TopicNotFound(_)) => Err(BrokerError::NotFound(format!(
+                "{field}: topic {name:?} not found (auto_create_topics is off; create it with CreateTopic)"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+}
+
+/// Resolves once shutdown has started. (The guard `wait_for` returns is not
+/// `Send`, so it must not live across an await in a spawned task.)
+pub async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}

@@ -1,0 +1,438 @@
+//! The Subscribe stream: one session per stream.
+//!
+//! A group session joins the group's dispatcher and relays between it and
+//! the client. A session with no group (auto_ack only) is an ephemeral
+//! tail that reads the log directly and keeps no state in the broker.
+//!
+//! Dead streams: the server sends a heartbeat every
+//! `delivery.heartbeat_interval_ms`; a group member that sends nothing for
+//! `delivery.idle_timeout_ms` is disconnected, and when a session ends for
+//! any reason its in-flight events go back to the group at once. A client
+//! that half-closes its side keeps receiving (so a grpcurl command with
+//! its requests in -d still works); it just cannot ack any more.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use mesh_log::LogError;
+use mesh_proto::broker::v1::{
+    self as pb, SubscribeRequest, SubscribeResponse, start_position::Position,
+    subscribe_request::Request, subscribe_response::Response,
+};
+use tokio::{sync::mpsc, time::Instant};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+use crate::{
+    config::BrokerConfig,
+    convert,
+    dispatcher::{Cmd, GroupHandle, JoinRequest, Outbound, Start, member_id},
+    dlq,
+    error::{BrokerError, Result},
+    state::Broker,
+};
+
+pub type SubscribeStream = ReceiverStream<Result<SubscribeResponse, Status>>;
+
+const DEFAULT_CREDIT: u32 = 100;
+static TAILS: AtomicU64 = AtomicU64::new(1);
+
+fn msg(r: Response) -> Result<SubscribeResponse, Status> {
+    Ok(SubscribeResponse { response: Some(r) })
+}
+
+pub fn parse_start(p: Option<&pb::StartPosition>, field: &str) -> Result<Start> {
+    Ok(match p.and_then(|p| p.position.as_ref()) {
+        None | Some(Position::Earliest(_)) => Start::Earliest,
+        Some(Position::Latest(_)) => Start::Latest,
+        Some(Position::Offset(o)) => Start::Offset(*o),
+        Some(Position::Time(t)) => {
+            if t.nanos < 0 || t.nanos >= 1_000_000_000 {
+                return Err(BrokerError::invalid(
+                    format!("{field}.time"),
+                    "nanos must be in 0..1e9",
+                ));
+            }
+            Start::TimeUs(convert::micros(t))
+        }
+    })
+}
+
+struct Opened {
+    topic: String,
+    group: String,
+    credit: u32,
+    auto_ack: bool,
+    start: Start,
+    name: String,
+}
+
+fn validate_open(broker: &Broker, open: pb::Open) -> Result<Opened> {
+    mesh_log::names::validate("topic", &open.topic)
+        .map_err(|e| BrokerError::invalid("open.topic", e.to_string()))?;
+    if open.group.is_empty() {
+        if !open.auto_ack {
+            return Err(BrokerError::invalid(
+                "open.group",
+                "required unless auto_ack is set",
+            ));
+        }
+    } else {
+        mesh_log::names::validate("group", &open.group)
+            .map_err(|e| BrokerError::invalid("open.group", e.to_string()))?;
+        if dlq::topic_name(&open.topic, &open.group).len() > mesh_log::names::MAX_NAME_LEN {
+            return Err(BrokerError::invalid(
+                "open.group",
+                "topic and group names together are too long for the dead-letter topic name",
+            ));
+        }
+    }
+    let cap = broker.cfg.limits.max_credit;
+    let credit = match open.max_in_flight {
+        0 => DEFAULT_CREDIT.min(cap),
+        n if n > cap => {
+            return Err(BrokerError::invalid(
+                "open.max_in_flight",
+                format!("{n} exceeds limits.max_credit = {cap}"),
+            ));
+        }
+        n => n,
+    };
+    Ok(Opened {
+        start: parse_start(open.start.as_ref(), "open.start")?,
+        topic: open.topic,
+        group: open.group,
+        credit,
+        auto_ack: open.auto_ack,
+        name: open.member_name,
+    })
+}
+
+pub async fn subscribe(
+    broker: Arc<Broker>,
+    mut inbound: Streaming<SubscribeRequest>,
+) -> Result<SubscribeStream> {
+    if broker.is_stopping() {
+        return Err(BrokerError::ShuttingDown);
+    }
+    let slot = broker
+        .subscribers
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            BrokerError::ResourceExhausted(format!(
+                "limits.max_subscribers = {} subscriber streams are already open",
+                broker.cfg.limits.max_subscribers
+            ))
+        })?;
+    let idle = BrokerConfig::ms(broker.cfg.delivery.idle_timeout_ms);
+    let first = match tokio::time::timeout(idle, inbound.message()).await {
+        Ok(Ok(Some(req))) => req,
+        Ok(Ok(None)) => {
+            return Err(BrokerError::invalid(
+                "open",
+                "the stream ended before the open request",
+            ));
+        }
+        Ok(Err(status)) => {
+            return Err(BrokerError::FailedPrecondition(format!(
+                "stream failed before open: {}",
+                status.message()
+            )));
+        }
+        Err(_) => {
+            return Err(BrokerError::invalid(
+                "open",
+                "no open request within delivery.idle_timeout_ms",
+            ));
+        }
+    };
+    let Some(Request::Open(open)) = first.request else {
+        return Err(BrokerError::invalid(
+            "open",
+            "the first request on a Subscribe stream must be `open`",
+        ));
+    };
+    let open = validate_open(&broker, open)?;
+    broker.ensure_topic("open.topic", &open.topic).await?;
+    let (tx, rx) = mpsc::channel(64);
+    if open.group.is_empty() {
+        let start = resolve_start(&broker, &open.topic, open.start).await?;
+        tokio::spawn(async move {
+            let _slot = slot;
+            tail(broker, open, start, inbound, tx).await;
+        });
+    } else {
+        let handle =
+            broker
+                .groups
+                .get_or_spawn(&open.topic, &open.group, &broker.storage, &broker.cfg)?;
+        let (out_tx, out_rx) = mpsc::channel(broker.cfg.limits.max_credit as usize + 64);
+        let (reply, joined) = tokio::sync::oneshot::channel();
+        handle
+            .send(Cmd::Join(
+                JoinRequest {
+                    name: open.name.clone(),
+                    credit: open.credit,
+                    auto_ack: open.auto_ack,
+                    start: open.start,
+                    out: out_tx,
+                },
+                reply,
+            ))
+            .await?;
+        let joined = joined.await.map_err(|_| BrokerError::ShuttingDown)??;
+        let _ = tx
+            .send(msg(Response::Opened(pb::Opened {
+                member_id: member_id(&open.group, joined.member_id),
+                topic: open.topic.clone(),
+                group: open.group.clone(),
+                committed: joined.committed,
+            })))
+            .await;
+        tokio::spawn(async move {
+            let _slot = slot;
+            let member = joined.member_id;
+            group_session(&broker, &handle, member, open.auto_ack, inbound, out_rx, tx).await;
+            let _ = handle.send(Cmd::Leave(member)).await;
+        });
+    }
+    Ok(ReceiverStream::new(rx))
+}
+
+pub async fn resolve_start(broker: &Broker, topic: &str, start: Start) -> Result<u64> {
+    let t = broker.storage.topic(topic)?;
+    Ok(match start {
+        Start::Earliest => t.earliest,
+        Start::Latest => t.head,
+        Start::Offset(o) if o > t.head => {
+            return Err(BrokerError::invalid(
+                "open.start.offset",
+                format!(
+                    "offset {o} is beyond the head {} of topic {topic:?}",
+                    t.head
+                ),
+            ));
+        }
+        Start::Offset(o) => o.max(t.earliest),
+        Start::TimeUs(us) => broker.storage.offset_for_time(topic, us).await?,
+    })
+}
+
+fn outbound(o: Outbound) -> Response {
+    match o {
+        Outbound::Deliveries(d) => Response::Deliveries(pb::Deliveries { deliveries: d }),
+        Outbound::CaughtUp(head) => Response::CaughtUp(pb::CaughtUp { head }),
+        Outbound::Lag(l) => Response::Lag(l),
+        Outbound::Error(e) => Response::Error(e),
+    }
+}
+
+async fn group_session(
+    broker: &Broker,
+    handle: &GroupHandle,
+    member: u64,
+    auto_ack: bool,
+    mut inbound: Streaming<SubscribeRequest>,
+    mut out_rx: mpsc::Receiver<Outbound>,
+    tx: mpsc::Sender<Result<SubscribeResponse, Status>>,
+) {
+    let d = &broker.cfg.delivery;
+    let idle = BrokerConfig::ms(d.idle_timeout_ms);
+    let mut heartbeat = tokio::time::interval(BrokerConfig::ms(d.heartbeat_interval_ms));
+    heartbeat.tick().await;
+    let mut last_seen = Instant::now();
+    let mut inbound_open = true;
+    let mut stopping = broker.stopping.clone();
+    loop {
+        tokio::select! {
+            _ = crate::state::stopped(&mut stopping) => {
+                let _ = tx.send(Err(Status::from(BrokerError::ShuttingDown))).await;
+                return;
+            }
+            out = out_rx.recv() => {
+                let Some(o) = out else {
+                    let _ = tx.send(Err(Status::unavailable("the group was stopped (topic or group deleted, or shutdown); reconnect"))).await;
+                    return;
+                };
+                if tx.send(msg(outbound(o))).await.is_err() {
+                    return;
+                }
+            }
+            req = inbound.message(), if inbound_open => {
+                match req {
+                    Ok(Some(req)) => {
+                        last_seen = Instant::now();
+                        match handle_request(handle, member, req).await {
+                            Ok(()) => {}
+                            Err(Fatal(status)) => {
+                                let _ = tx.send(Err(status)).await;
+                                return;
+                            }
+                        }
+                    }
+                    Ok(None) => inbound_open = false,
+                    Err(_) => return,
+                }
+            }
+            // The client went away (cancelled or disconnected).
+            _ = tx.closed() => return,
+            _ = heartbeat.tick() => {
+                if !auto_ack && last_seen.elapsed() > idle {
+                    let _ = tx.send(Err(Status::deadline_exceeded(format!(
+                        "no request from this subscriber for delivery.idle_timeout_ms = {} ms; its in-flight events went back to the group",
+                        idle.as_millis()
+                    )))).await;
+                    return;
+                }
+                if tx.send(msg(Response::Heartbeat(pb::Heartbeat {}))).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+struct Fatal(Status);
+
+async fn handle_request(
+    handle: &GroupHandle,
+    member: u64,
+    req: SubscribeRequest,
+) -> std::result::Result<(), Fatal> {
+    let gone = |_| Fatal(Status::unavailable("the group was stopped; reconnect"));
+    match req.request {
+        Some(Request::Open(_)) => Err(Fatal(Status::failed_precondition(
+            "open: the subscription is already open; send open once per stream",
+        ))),
+        Some(Request::Ack(a)) => handle.send(Cmd::Ack(member, a.offsets)).await.map_err(gone),
+        Some(Request::Nack(n)) => {
+            let delay = match n
+                .delay
+                .as_ref()
+                .map(|d| convert::std_duration(d, "nack.delay"))
+            {
+                None => Duration::ZERO,
+                Some(Ok(d)) => d,
+                Some(Err(e)) => return Err(Fatal(Status::from(e))),
+            };
+            handle
+                .send(Cmd::Nack {
+                    member,
+                    offsets: n.offsets,
+                    delay,
+                    reason: n.reason,
+                })
+                .await
+                .map_err(gone)
+        }
+        Some(Request::Credit(c)) => handle.send(Cmd::Credit(member, c.add)).await.map_err(gone),
+        Some(Request::Heartbeat(_)) => Ok(()),
+        None => Err(Fatal(Status::invalid_argument(
+            "request: must be one of open, ack, nack, credit, heartbeat",
+        ))),
+    }
+}
+
+/// An ephemeral, auto-acking reader: no group, nothing stored.
+async fn tail(
+    broker: Arc<Broker>,
+    open: Opened,
+    start: u64,
+    mut inbound: Streaming<SubscribeRequest>,
+    tx: mpsc::Sender<Result<SubscribeResponse, Status>>,
+) {
+    let id = format!("tail-{}", TAILS.fetch_add(1, Ordering::Relaxed));
+    let _ = tx
+        .send(msg(Response::Opened(pb::Opened {
+            member_id: id,
+            topic: open.topic.clone(),
+            group: String::new(),
+            committed: start,
+        })))
+        .await;
+    let Ok(mut head) = broker.storage.watch_head(&open.topic) else {
+        return;
+    };
+    let mut heartbeat =
+        tokio::time::interval(BrokerConfig::ms(broker.cfg.delivery.heartbeat_interval_ms));
+    heartbeat.tick().await;
+    let mut stopping = broker.stopping.clone();
+    let mut pos = start;
+    let mut caught_up_sent = false;
+    let mut inbound_open = true;
+    let batch = open.credit.clamp(1, 256) as usize;
+    loop {
+        let records = match broker.storage.read(&open.topic, pos, batch, 1 << 20).await {
+            Ok(r) => r,
+            Err(LogError::OffsetTruncated { earliest, .. }) => {
+                pos = earliest;
+                continue;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(Status::from(BrokerError::from(e)))).await;
+                return;
+            }
+        };
+        if let Some(last) = records.last() {
+            pos = last.offset + 1;
+            caught_up_sent = false;
+            let deliveries = records
+                .iter()
+                .filter_map(|r| convert::stored_event(&open.topic, r).ok())
+                .map(|e| pb::Delivery {
+                    event: Some(e),
+                    delivery_attempt: 1,
+                })
+                .collect();
+            if tx
+                .send(msg(Response::Deliveries(pb::Deliveries { deliveries })))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        }
+        if !caught_up_sent {
+            caught_up_sent = true;
+            if tx
+                .send(msg(Response::CaughtUp(pb::CaughtUp { head: pos })))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        tokio::select! {
+            _ = crate::state::stopped(&mut stopping) => {
+                let _ = tx.send(Err(Status::from(BrokerError::ShuttingDown))).await;
+                return;
+            }
+            changed = head.changed() => if changed.is_err() {
+                let _ = tx.send(Err(Status::not_found(format!("topic {:?} was deleted", open.topic)))).await;
+                return;
+            },
+            req = inbound.message(), if inbound_open => match req {
+                Ok(Some(SubscribeRequest { request: Some(Request::Open(_)) })) => {
+                    let _ = tx.send(Err(Status::failed_precondition("open: the subscription is already open; send open once per stream"))).await;
+                    return;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => inbound_open = false,
+                Err(_) => return,
+            },
+            _ = tx.closed() => return,
+            _ = heartbeat.tick() => {
+                if tx.send(msg(Response::Heartbeat(pb::Heartbeat {}))).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
