@@ -344,6 +344,7 @@ fn retention_by_age_waits_for_groups_and_by_size_reports_the_gap() {
     let tc = TopicConfig {
         retention_ms: Some(1),
         retention_bytes: None,
+        ..TopicConfig::default()
     };
     let log = create(dir.path(), small_cfg(), tc);
     for i in 0..200u32 {
@@ -381,6 +382,7 @@ fn retention_by_age_waits_for_groups_and_by_size_reports_the_gap() {
     let tc = TopicConfig {
         retention_ms: None,
         retention_bytes: Some(20_000),
+        ..TopicConfig::default()
     };
     let log = create(dir.path(), small_cfg(), tc);
     for i in 0..400u32 {
