@@ -1,0 +1,325 @@
+//! Test harness: a real broker on an ephemeral 127.0.0.1 port (in-process
+//! through `broker::run`, or as a child process), and thin real-gRPC
+//! client helpers.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use broker::BrokerConfig;
+use bytes::Bytes;
+use mesh_proto::{
+    broker::v1::{
+        self as pb, broker_client::BrokerClient, subscribe_request::Request,
+        subscribe_response::Response,
+    },
+    events::v1::Event,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Streaming, transport::Channel};
+
+pub type Client = BrokerClient<Channel>;
+
+/// Settings that make timing-based behaviour quick in tests.
+pub fn test_config(dir: &Path) -> BrokerConfig {
+    let mut c = BrokerConfig::default();
+    c.listen = "127.0.0.1:0".into();
+    c.data_dir = dir.to_path_buf();
+    c.delivery.ack_deadline_ms = 1_000;
+    c.delivery.min_backoff_ms = 50;
+    c.delivery.max_backoff_ms = 2_000;
+    c.delivery.heartbeat_interval_ms = 500;
+    c.delivery.idle_timeout_ms = 3_000;
+    c.delivery.lag_report_interval_ms = 200;
+    c.delivery.commit_interval_ms = 20;
+    c.drain_deadline_ms = 3_000;
+    c
+}
+
+pub struct TestBroker {
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), broker::BrokerError>>>,
+}
+
+impl TestBroker {
+    /// Starts a broker in this process on a fresh ephemeral port.
+    pub async fn start(dir: &Path, tweak: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
+        let mut cfg = test_config(dir);
+        tweak(&mut cfg);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(broker::run(cfg, listener, async move {
+            let _ = rx.await;
+        }));
+        let b = TestBroker {
+            addr,
+            dir: dir.to_path_buf(),
+            stop: Some(stop),
+            task: Some(task),
+        };
+        // Wait until it answers.
+        for _ in 0..100 {
+            if let Ok(mut c) = b.try_client().await
+                && c.list_topics(pb::ListTopicsRequest {}).await.is_ok()
+            {
+                return b;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("broker did not start");
+    }
+
+    pub async fn try_client(&self) -> Result<Client, tonic::transport::Error> {
+        connect(self.addr).await
+    }
+
+    pub async fn client(&self) -> Client {
+        self.try_client().await.unwrap()
+    }
+
+    /// Graceful stop (what SIGTERM does).
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .expect("broker drained in time")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+pub async fn connect(addr: SocketAddr) -> Result<Client, tonic::transport::Error> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await?;
+    Ok(BrokerClient::new(ch)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
+}
+
+/// The broker binary as a child process; environment overrides configure it.
+pub struct BrokerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl BrokerProcess {
+    pub fn spawn(dir: &Path, env: &[(&str, &str)]) -> BrokerProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_broker"));
+        cmd.env("BROKER__LISTEN", "127.0.0.1:0")
+            .env("BROKER__DATA_DIR", dir)
+            .env("BROKER__DELIVERY__ACK_DEADLINE_MS", "1000")
+            .env("BROKER__DELIVERY__COMMIT_INTERVAL_MS", "20")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        // Run from the data dir so no broker.toml in the source tree is read.
+        cmd.current_dir(dir);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("broker listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .unwrap();
+        BrokerProcess { child, addr }
+    }
+
+    pub fn sigkill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn sigterm(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+pub fn event(id: &str, subject: &str, data: &str) -> Event {
+    Event {
+        id: id.into(),
+        source: "/tests".into(),
+        r#type: "test.Event".into(),
+        subject: subject.into(),
+        data: Bytes::from(data.to_string()),
+        ..Default::default()
+    }
+}
+
+pub async fn create_topic(c: &mut Client, name: &str) {
+    c.create_topic(pb::CreateTopicRequest {
+        name: name.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+pub async fn publish(c: &mut Client, topic: &str, events: Vec<Event>) -> Vec<pb::PublishResult> {
+    let r = c
+        .publish_unary(pb::PublishRequest {
+            sequence: 0,
+            topic: topic.into(),
+            events,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.error.is_none(), "{:?}", r.error);
+    r.results
+}
+
+/// A subscriber stream with helpers to read deliveries and send acks.
+pub struct Sub {
+    pub tx: mpsc::Sender<pb::SubscribeRequest>,
+    pub rx: Streaming<pb::SubscribeResponse>,
+    pub opened: pb::Opened,
+}
+
+pub fn open_req(topic: &str, group: &str, credit: u32) -> pb::SubscribeRequest {
+    pb::SubscribeRequest {
+        request: Some(Request::Open(pb::Open {
+            topic: topic.into(),
+            group: group.into(),
+            max_in_flight: credit,
+            ..Default::default()
+        })),
+    }
+}
+
+impl Sub {
+    pub async fn open(c: &mut Client, topic: &str, group: &str, credit: u32) -> Sub {
+        Self::open_with(c, open_req(topic, group, credit)).await
+    }
+
+    pub async fn open_with(c: &mut Client, open: pb::SubscribeRequest) -> Sub {
+        Self::try_open_with(c, open).await.unwrap()
+    }
+
+    pub async fn try_open_with(
+        c: &mut Client,
+        open: pb::SubscribeRequest,
+    ) -> Result<Sub, tonic::Status> {
+        let (tx, rx) = mpsc::channel(1024);
+        tx.send(open).await.unwrap();
+        let mut rx = c.subscribe(ReceiverStream::new(rx)).await?.into_inner();
+        match rx.message().await?.and_then(|m| m.response) {
+            Some(Response::Opened(opened)) => Ok(Sub { tx, rx, opened }),
+            other => panic!("expected opened, got {other:?}"),
+        }
+    }
+
+    /// Next message that is not a heartbeat or lag report.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Response> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.rx.message())
+                .await
+                .ok()?;
+            match m {
+                Ok(Some(pb::SubscribeResponse { response: Some(r) })) => match r {
+                    Response::Heartbeat(_) | Response::Lag(_) => continue,
+                    r => return Some(r),
+                },
+                _ => return None,
+            }
+        }
+    }
+
+    /// Collects deliveries until `n` arrived or `timeout` passed.
+    pub async fn take(&mut self, n: usize, timeout: Duration) -> Vec<pb::Delivery> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(Response::Deliveries(d)) => out.extend(d.deliveries),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        out
+    }
+
+    pub async fn ack(&self, offsets: Vec<u64>) {
+        self.tx
+            .send(pb::SubscribeRequest {
+                request: Some(Request::Ack(pb::Ack { offsets })),
+            })
+            .await
+            .unwrap();
+    }
+
+    pub async fn nack(&self, offsets: Vec<u64>, delay: Duration, reason: &str) {
+        self.tx
+            .send(pb::SubscribeRequest {
+                request: Some(Request::Nack(pb::Nack {
+                    offsets,
+                    delay: Some(prost_types::Duration {
+                        seconds: delay.as_secs() as i64,
+                        nanos: delay.subsec_nanos() as i32,
+                    }),
+                    reason: reason.into(),
+                })),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+pub fn offset(d: &pb::Delivery) -> u64 {
+    d.event.as_ref().unwrap().offset
+}
+
+pub fn id(d: &pb::Delivery) -> String {
+    d.event.as_ref().unwrap().event.as_ref().unwrap().id.clone()
+}
+
+pub async fn describe(c: &mut Client, topic: &str, group: &str) -> pb::GroupInfo {
+    c.describe_group(pb::DescribeGroupRequest {
+        topic: topic.into(),
+        group: group.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+/// Polls `f` until it returns true, for at most `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
