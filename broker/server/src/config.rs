@@ -319,3 +319,35 @@ impl BrokerConfig {
         Duration::from_millis(v)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_commented_config_file_parses_and_matches_the_code_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../broker.toml");
+        let file: BrokerConfig = config::Config::builder()
+            .add_source(config::File::from(path))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        file.validate().unwrap();
+        let d = BrokerConfig::default();
+        assert_eq!(format!("{file:?}"), format!("{d:?}"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let mut c = BrokerConfig::default();
+        c.storage.fsync = "sometimes".into();
+        assert!(c.validate().unwrap_err().to_string().contains("storage.fsync"));
+        let mut c = BrokerConfig::default();
+        c.delivery.ack_deadline_ms = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("delivery.ack_deadline_ms"));
+        let mut c = BrokerConfig::default();
+        c.listen = "nowhere".into();
+        assert!(c.validate().unwrap_err().to_string().contains("listen"));
+    }
+}
