@@ -342,10 +342,20 @@ mod tests {
     fn errors_name_the_key() {
         let mut c = BrokerConfig::default();
         c.storage.fsync = "sometimes".into();
-        assert!(c.validate().unwrap_err().to_string().contains("storage.fsync"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("storage.fsync")
+        );
         let mut c = BrokerConfig::default();
         c.delivery.ack_deadline_ms = 0;
-        assert!(c.validate().unwrap_err().to_string().contains("delivery.ack_deadline_ms"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("delivery.ack_deadline_ms")
+        );
         let mut c = BrokerConfig::default();
         c.listen = "nowhere".into();
         assert!(c.validate().unwrap_err().to_string().contains("listen"));
