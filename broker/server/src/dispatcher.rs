@@ -453,16 +453,14 @@ impl Dispatcher {
         tracing::info!(topic = %self.topic, group = %self.group, member = id, returned, "member left");
         if self.members.is_empty() {
             // Nothing is in flight now; drop the read-ahead (it is only a
-            // cache of the log) so an idle group holds no events.
+            // cache of the log) so an idle group holds no events, and read
+            // again from the first event not yet done.
+            self.next_read = self.position();
             self.pending.clear();
             self.keys.clear();
             self.ready.clear();
             self.delayed.clear();
             self.deadlines.clear();
-            self.next_read = self
-                .committed
-                .unwrap_or(0)
-                .max(self.next_read.min(self.position()));
         }
     }
 
