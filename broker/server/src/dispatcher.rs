@@ -204,6 +204,8 @@ pub struct Dispatcher {
     read_backoff_until: Option<Instant>,
     last_commit: Instant,
     next_lag: Instant,
+    /// The topic's head as last seen on its watch channel.
+    head: u64,
     /// To report dead-letter results back to this actor; weak so that the
     /// actor stops when every handle is gone.
     me: mpsc::WeakSender<Cmd>,
@@ -248,6 +250,7 @@ impl Dispatcher {
             read_backoff_until: None,
             last_commit: now,
             next_lag: now + BrokerConfig::ms(cfg.delivery.lag_report_interval_ms),
+            head: *head_rx.borrow(),
             me: tx.downgrade(),
             cfg,
         };
@@ -258,6 +261,8 @@ impl Dispatcher {
     async fn run(mut self, mut rx: mpsc::Receiver<Cmd>, mut head_rx: watch::Receiver<u64>) {
         let mut stop_reply = None;
         loop {
+            // Cached: head() is needed on every step of the hot path.
+            self.head = *head_rx.borrow_and_update();
             self.fill().await;
             self.pump();
             self.report_caught_up();
@@ -287,10 +292,7 @@ impl Dispatcher {
     }
 
     fn head(&self) -> u64 {
-        self.storage
-            .topic(&self.topic)
-            .map(|t| t.head)
-            .unwrap_or(self.next_read)
+        self.head
     }
 
     /// Lowest offset not yet done.
