@@ -5,7 +5,14 @@ use std::{env, fs, path::PathBuf};
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["mesh/events/v1/event.proto", "mesh/broker/v1/broker.proto"];
+const PROTOS: &[&str] = &[
+    "mesh/events/v1/event.proto",
+    "mesh/broker/v1/broker.proto",
+    "mesh/orders/v1/orders.proto",
+    "mesh/billing/v1/billing.proto",
+    "mesh/shipping/v1/shipping.proto",
+    "mesh/analytics/v1/analytics.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for p in PROTOS {

@@ -1,0 +1,75 @@
+//! Service configuration: defaults in code, then a TOML file, then
+//! environment overrides `<PREFIX>__<KEY>` (for example
+//! `BILLING__BROKER=http://broker:50051`), then validation with errors that
+//! name the key.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+
+use crate::error::{SdkError, config_err};
+
+/// Checks loaded settings; errors name the key.
+pub trait Validate {
+    fn validate(&self) -> Result<(), SdkError>;
+}
+
+/// Loads `T` from `path` (required when given) or `default_file` (if it
+/// exists), then `PREFIX__*` environment variables, and validates it.
+pub fn load<T: DeserializeOwned + Validate>(
+    prefix: &str,
+    path: Option<&Path>,
+    default_file: &str,
+) -> Result<T, SdkError> {
+    let mut b = config::Config::builder();
+    b = match path {
+        Some(p) => b.add_source(config::File::from(p).required(true)),
+        None => b.add_source(config::File::with_name(default_file).required(false)),
+    };
+    let cfg: T = b
+        .add_source(
+            config::Environment::with_prefix(prefix)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        )
+        .build()?
+        .try_deserialize()?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Parses `--config FILE` from the command line.
+pub fn config_path_from_args() -> Result<Option<std::path::PathBuf>, SdkError> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [] => Ok(None),
+        [flag, path] if flag == "--config" => Ok(Some(path.into())),
+        _ => Err(config_err("command line", "usage: [--config FILE]")),
+    }
+}
+
+pub fn check_listen(key: &str, v: &str) -> Result<(), SdkError> {
+    v.parse::<std::net::SocketAddr>()
+        .map(|_| ())
+        .map_err(|_| config_err(key, format!("{v:?} is not an address like 0.0.0.0:50052")))
+}
+
+pub fn check_broker(key: &str, v: &str) -> Result<(), SdkError> {
+    if !(v.starts_with("http://") || v.starts_with("https://")) {
+        return Err(config_err(
+            key,
+            format!("{v:?} must be a URL like http://127.0.0.1:50051"),
+        ));
+    }
+    tonic::transport::Endpoint::from_shared(v.to_string())
+        .map(|_| ())
+        .map_err(|e| config_err(key, e.to_string()))
+}
+
+pub fn check_log_format(key: &str, v: &str) -> Result<(), SdkError> {
+    match v {
+        "text" | "json" => Ok(()),
+        _ => Err(config_err(key, "must be \"text\" or \"json\"")),
+    }
+}

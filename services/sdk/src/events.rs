@@ -1,0 +1,145 @@
+//! Typed domain events in the broker's envelope.
+
+use bytes::Bytes;
+use mesh_proto::{DomainEvent, events::v1::Event};
+
+/// One event as a consumer receives it.
+#[derive(Clone, Debug)]
+pub struct Delivered {
+    pub topic: String,
+    pub offset: u64,
+    /// 1 on first delivery.
+    pub attempt: u32,
+    pub publish_time_us: i64,
+    pub event: Event,
+}
+
+/// Why a handler failed; the event is nacked with this reason and
+/// redelivered (after `delay`, if set, or the broker's backoff).
+#[derive(Clone, Debug)]
+pub struct HandlerError {
+    pub reason: String,
+    pub delay: Option<std::time::Duration>,
+}
+
+impl HandlerError {
+    pub fn new(reason: impl Into<String>) -> Self {
+        HandlerError {
+            reason: reason.into(),
+            delay: None,
+        }
+    }
+
+    pub fn retry_after(reason: impl Into<String>, delay: std::time::Duration) -> Self {
+        HandlerError {
+            reason: reason.into(),
+            delay: Some(delay),
+        }
+    }
+}
+
+impl std::fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl From<crate::SdkError> for HandlerError {
+    fn from(e: crate::SdkError) -> Self {
+        HandlerError::new(e.to_string())
+    }
+}
+
+impl Delivered {
+    /// Whether the event is of type `E`.
+    pub fn is<E: DomainEvent>(&self) -> bool {
+        self.event.r#type == E::TYPE
+    }
+
+    /// Decodes the payload as `E`, checking the event type first.
+    pub fn decode<E: DomainEvent>(&self) -> Result<E, HandlerError> {
+        if !self.is::<E>() {
+            return Err(HandlerError::new(format!(
+                "event {} is a {:?}, not a {}",
+                self.event.id,
+                self.event.r#type,
+                E::TYPE
+            )));
+        }
+        E::decode(self.event.data.clone()).map_err(|e| {
+            HandlerError::new(format!(
+                "event {} does not decode as {}: {e}",
+                self.event.id,
+                E::TYPE
+            ))
+        })
+    }
+}
+
+/// Wraps a domain event in the envelope: `type` and content type are set
+/// from `E`, `subject` is the ordering key.
+pub fn envelope<E: DomainEvent>(
+    id: impl Into<String>,
+    source: &str,
+    subject: &str,
+    msg: &E,
+) -> Event {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Event {
+        id: id.into(),
+        source: source.to_string(),
+        spec_version: "1.0".into(),
+        r#type: E::TYPE.into(),
+        subject: subject.to_string(),
+        time: Some(prost_types::Timestamp {
+            seconds: now.as_secs() as i64,
+            nanos: now.subsec_nanos() as i32,
+        }),
+        datacontenttype: "application/protobuf".into(),
+        data: Bytes::from(msg.encode_to_vec()),
+        attributes: Default::default(),
+    }
+}
+
+/// The id of an event published in reaction to another: the same input
+/// always gives the same id, so a handler that crashes after publishing
+/// and runs again publishes a duplicate the broker drops.
+pub fn derive_id(what: &str, input_event_id: &str) -> String {
+    format!("{what}/{input_event_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use mesh_proto::shipping::v1::{Shipment, ShipmentScheduled};
+
+    use super::*;
+
+    #[test]
+    fn envelope_round_trip_and_type_check() {
+        let msg = ShipmentScheduled {
+            shipment: Some(Shipment {
+                order_id: "o1".into(),
+                ..Default::default()
+            }),
+        };
+        let ev = envelope("id-1", "/test", "o1", &msg);
+        let d = Delivered {
+            topic: "shipments".into(),
+            offset: 0,
+            attempt: 1,
+            publish_time_us: 0,
+            event: ev,
+        };
+        assert_eq!(d.decode::<ShipmentScheduled>().unwrap(), msg);
+        assert!(
+            d.decode::<mesh_proto::billing::v1::PaymentAuthorized>()
+                .is_err()
+        );
+        assert_eq!(
+            derive_id("payment", "order-1"),
+            derive_id("payment", "order-1")
+        );
+    }
+}

@@ -1,0 +1,46 @@
+//! What every mesh service would otherwise write itself.
+//!
+//! - [`config`]: settings from code defaults, a TOML file and
+//!   `PREFIX__KEY` environment overrides, validated with errors naming the
+//!   key.
+//! - [`telemetry`]: logging setup.
+//! - [`server`]: the gRPC server bootstrap (own API + health + reflection
+//!   v1/v1alpha), graceful shutdown on SIGTERM/SIGINT, and the container
+//!   `healthcheck` probe.
+//! - [`producer`]: a typed producer: pipelined, batched, retried across
+//!   reconnects, with deterministic ids.
+//! - [`consumer`]: a typed consumer group member: `Ok` acks, `Err` nacks,
+//!   bounded concurrency, reconnect with backoff.
+//! - [`tail`]: replaying or following a topic without a group.
+//! - [`events`]: typed events in the envelope, [`Delivered`],
+//!   [`HandlerError`], [`derive_id`].
+//! - [`backoff`]: exponential backoff with jitter.
+//! - [`error`]: [`SdkError`].
+
+pub mod backoff;
+pub mod config;
+pub mod consumer;
+pub mod error;
+pub mod events;
+pub mod producer;
+pub mod server;
+pub mod tail;
+pub mod telemetry;
+
+pub use consumer::{Consumer, Start};
+pub use error::SdkError;
+pub use events::{Delivered, HandlerError, derive_id, envelope};
+pub use mesh_proto;
+pub use producer::Producer;
+pub use tokio_util::sync::CancellationToken;
+
+/// A token cancelled on SIGTERM or SIGINT.
+pub fn shutdown_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        server::shutdown_signal().await;
+        t.cancel();
+    });
+    token
+}
