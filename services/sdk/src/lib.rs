@@ -15,7 +15,7 @@
 //! - [`events`]: typed events in the envelope, [`Delivered`],
 //!   [`HandlerError`], [`derive_id`].
 //! - [`backoff`]: exponential backoff with jitter.
-//! - [`error`]: [`SdkError`].
+//! - [`error`]: [`SdkError`], the one error type.
 
 pub mod backoff;
 pub mod config;

@@ -15,7 +15,7 @@ use crate::{
 
 /// What the callback of [`tail`] sees.
 pub enum TailEvent {
-    Event(Delivered),
+    Event(Box<Delivered>),
     /// Everything up to `head` has been passed on.
     CaughtUp {
         head: u64,
@@ -65,15 +65,13 @@ pub async fn tail(
                     Some(Response::Deliveries(ds)) => {
                         for d in ds.deliveries.into_iter().filter_map(delivered) {
                             next = d.offset + 1;
-                            if !f(TailEvent::Event(d)) {
+                            if !f(TailEvent::Event(Box::new(d))) {
                                 return Ok::<bool, SdkError>(true);
                             }
                         }
                     }
-                    Some(Response::CaughtUp(c)) => {
-                        if !f(TailEvent::CaughtUp { head: c.head }) {
-                            return Ok(true);
-                        }
+                    Some(Response::CaughtUp(c)) if !f(TailEvent::CaughtUp { head: c.head }) => {
+                        return Ok(true);
                     }
                     Some(Response::Opened(_)) => backoff.reset(),
                     _ => {}
@@ -110,7 +108,7 @@ pub async fn replay(
 ) -> Result<u64, SdkError> {
     tail(broker, topic, 0, shutdown, |e| match e {
         TailEvent::Event(d) => {
-            f(d);
+            f(*d);
             true
         }
         TailEvent::CaughtUp { .. } => false,
