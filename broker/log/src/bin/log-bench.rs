@@ -114,7 +114,6 @@ fn parse_args() -> Result<Args, String> {
             "--small-mib" => a.small_mib = num(&flag, value()?)?,
             "--no-throughput" => a.throughput = false,
             "--no-recovery" => a.recovery = false,
-            "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
     }
@@ -275,12 +274,13 @@ async fn throughput_run(
 }
 
 /// Appends `records` records with `tasks` tasks of `batch` records per
-/// call, stopping early at `limit`. Returns the records written.
+/// call, stopping early at `limit`; with `ids`, every record carries a
+/// unique producer id. Returns the records written.
 async fn fill(
     log: &Arc<TopicLog>,
     records: u64,
-    tasks: usize,
-    batch: u64,
+    (tasks, batch): (usize, u64),
+    ids: bool,
     limit: Duration,
 ) -> Result<u64, String> {
     let payload = payload();
@@ -297,9 +297,9 @@ async fn fill(
                     break;
                 }
                 let n = batch.min(records - from);
-                let recs = (0..n)
-                    .map(|_| AppendRecord {
-                        id: None,
+                let recs = (from..from + n)
+                    .map(|i| AppendRecord {
+                        id: ids.then(|| format!("producer-{i}")),
                         payload: payload.clone(),
                     })
                     .collect();
@@ -433,13 +433,15 @@ fn time_open(
 /// Writes a log of about `mib` MiB of 1 KiB records (rounded down to whole
 /// segments, so that the unsealed tail is full: the longest tail scan),
 /// closes it and times reopening it. With `plus_one`, then appends one
-/// more record, which rolls to a new tail segment, and times again.
+/// more record, which rolls to a new tail segment, and times again. With
+/// `ids`, every record carries a producer id, so recovery also reloads the
+/// dedupe window from the sealed segments' `.ids` sidecars.
 /// Returns the rows and the batched fill rate in records/s.
 fn recovery_run(
     rt: &tokio::runtime::Runtime,
     base: &Path,
     mib: u64,
-    plus_one: bool,
+    (plus_one, ids): (bool, bool),
     reps: usize,
     limit: Duration,
 ) -> Result<(Vec<Recovery>, f64), String> {
@@ -456,17 +458,16 @@ fn recovery_run(
             .map_err(|e| e.to_string())?,
     );
     let t = Instant::now();
-    let written = rt.block_on(fill(&log, want, 4, 256, limit))?;
+    let written = rt.block_on(fill(&log, want, (4, 256), ids, limit))?;
     let fill_rate = written as f64 / t.elapsed().as_secs_f64();
     log.close();
     drop(log);
-    let mut rows = vec![time_open(
-        &dir.topic(),
-        &cfg,
-        format!("{mib} MiB"),
-        written,
-        reps,
-    )?];
+    let label = if ids {
+        format!("{mib} MiB, every record with a producer id")
+    } else {
+        format!("{mib} MiB")
+    };
+    let mut rows = vec![time_open(&dir.topic(), &cfg, label, written, reps)?];
     if plus_one {
         let log = TopicLog::open(TOPIC, &dir.topic(), cfg.clone()).map_err(|e| e.to_string())?;
         rt.block_on(log.append(vec![AppendRecord {
@@ -494,6 +495,10 @@ fn fmt_list(v: &[f64], prec: usize) -> String {
 }
 
 fn main() {
+    if std::env::args().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return;
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -666,9 +671,14 @@ fn run(args: &Args) -> Result<(), String> {
         let fill_limit = Duration::from_secs(if args.quick { 20 } else { 120 });
         let mut rows = Vec::new();
         let mut fills = Vec::new();
-        for (mib, plus_one) in [(args.recovery_mib, true), (args.small_mib, false)] {
-            eprintln!("recovery: writing a {mib} MiB log");
-            let (r, fill_rate) = recovery_run(&rt, &args.dir, mib, plus_one, reps, fill_limit)?;
+        for (mib, plus_one, ids) in [
+            (args.recovery_mib, true, false),
+            (args.small_mib, false, false),
+            (args.recovery_mib, false, true),
+        ] {
+            eprintln!("recovery: writing a {mib} MiB log (ids: {ids})");
+            let (r, fill_rate) =
+                recovery_run(&rt, &args.dir, mib, (plus_one, ids), reps, fill_limit)?;
             for r in &r {
                 eprintln!(
                     "recovery {}: {} records, {} segments, tail {} B, warm {:?} ms, cold {:?} ms",
@@ -685,6 +695,8 @@ fn run(args: &Args) -> Result<(), String> {
              per call ({} records/s, {} MB/s payload), rounded down to whole segments so \
              that the unsealed tail segment is full and recovery scans all 64 MiB of it; \
              \"+ 1 record\" appends one more record, which rolls to a new tail segment. \
+             Records carry no producer id except in the last row, where all of them are \
+             inside the dedupe window (120 s) at reopen. \
              Open timed {reps} times each: warm = files in the page cache (broker restart), \
              cold = after fdatasync + posix_fadvise(DONTNEED) on every file of the topic.\n",
             fmt_list(&fills, 0),
@@ -720,7 +732,7 @@ fn run(args: &Args) -> Result<(), String> {
                 fmt_list(&r.cold_ms, 1)
             );
         }
-        if let [large, _, small] = &rows[..] {
+        if let [large, _, small, ..] = &rows[..] {
             let _ = writeln!(
                 out,
                 "\n{} vs {}: open takes {:.2}x (warm) and {:.2}x (cold) as long for {:.1}x the data.",
@@ -734,4 +746,41 @@ fn run(args: &Args) -> Result<(), String> {
     }
     println!("{out}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keeps the benchmark from rotting: a tiny run of each kind.
+    #[test]
+    fn tiny_runs_complete() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let base = std::env::temp_dir();
+        for policy in [FsyncPolicy::Always, INTERVAL] {
+            let r = rt
+                .block_on(throughput_run(
+                    &base,
+                    policy,
+                    8,
+                    200,
+                    Duration::from_secs(10),
+                ))
+                .unwrap();
+            assert_eq!(r.records, 200);
+            if policy == FsyncPolicy::Always {
+                let syncs = r.syncs.unwrap();
+                assert!((1..=200).contains(&syncs), "{syncs}");
+            }
+        }
+        let (rows, _) =
+            recovery_run(&rt, &base, 1, (true, true), 1, Duration::from_secs(10)).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1].records, rows[0].records + 1);
+        assert!(raw_sync_probe(&base, Duration::from_millis(20)).unwrap().0 > 0.0);
+    }
 }
