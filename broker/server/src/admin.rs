@@ -126,6 +126,7 @@ impl Broker {
             dead_lettered: s.dead_lettered,
             members: s.members,
             dead_letters: dlq::count(&*self.storage, topic, group)?,
+            buffered: s.buffered,
         })
     }
 

@@ -91,6 +91,8 @@ pub struct Snapshot {
     pub dead_lettered: u64,
     pub oldest_unacked_us: Option<i64>,
     pub members: Vec<pb::Member>,
+    /// Events held in memory (`pending`): bounded by `limits.group_window`.
+    pub buffered: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -914,6 +916,7 @@ impl Dispatcher {
             redelivered: self.redelivered,
             dead_lettered: self.dead_lettered,
             oldest_unacked_us: self.pending.values().next().map(|e| e.publish_us),
+            buffered: self.pending.len() as u64,
             members: self
                 .members
                 .iter()
