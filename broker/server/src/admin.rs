@@ -90,10 +90,15 @@ impl Broker {
             .groups(topic)?
             .into_iter()
             .find(|g| g.group == group);
+        // A group exists once its first member has chosen where it starts,
+        // which stores its position. A running dispatcher without a stored
+        // position is one whose every join was refused (say, a start offset
+        // beyond the head): reporting it would show a phantom group at
+        // committed 0 that ListGroups does not list and a restart forgets.
         let (committed, position, missed) = match (&running, &stored) {
-            (Some(s), st) => (s.committed, s.position, st.as_ref().map_or(0, |g| g.missed)),
+            (Some(s), Some(g)) => (s.committed, s.position, g.missed),
             (None, Some(g)) => (g.committed, g.committed, g.missed),
-            (None, None) => {
+            (_, None) => {
                 return Err(BrokerError::NotFound(format!(
                     "group {group:?} of topic {topic:?} not found"
                 )));
