@@ -131,7 +131,16 @@ pub async fn subscribe(
             ))
         })?;
     let idle = BrokerConfig::ms(broker.cfg.delivery.idle_timeout_ms);
-    let first = match tokio::time::timeout(idle, inbound.message()).await {
+    // Wait for `open`, but not past the start of a shutdown: the server's
+    // graceful drain waits for every stream, so a client that connected
+    // and has not sent `open` yet would otherwise hold the shutdown up
+    // until the drain deadline.
+    let mut stopping = broker.stopping.clone();
+    let first = tokio::select! {
+        r = tokio::time::timeout(idle, inbound.message()) => r,
+        _ = crate::state::stopped(&mut stopping) => return Err(BrokerError::ShuttingDown),
+    };
+    let first = match first {
         Ok(Ok(Some(req))) => req,
         Ok(Ok(None)) => {
             return Err(BrokerError::invalid(
