@@ -356,8 +356,10 @@ mod tests {
                 .to_string()
                 .contains("delivery.ack_deadline_ms")
         );
-        let mut c = BrokerConfig::default();
-        c.listen = "nowhere".into();
+        let c = BrokerConfig {
+            listen: "nowhere".into(),
+            ..BrokerConfig::default()
+        };
         assert!(c.validate().unwrap_err().to_string().contains("listen"));
     }
 }

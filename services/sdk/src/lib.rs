@@ -14,9 +14,11 @@
 //! - [`tail`]: replaying or following a topic without a group.
 //! - [`events`]: typed events in the envelope, [`Delivered`],
 //!   [`HandlerError`], [`derive_id`].
+//! - [`app`]: a service's whole `main`.
 //! - [`backoff`]: exponential backoff with jitter.
 //! - [`error`]: [`SdkError`], the one error type.
 
+pub mod app;
 pub mod backoff;
 pub mod config;
 pub mod consumer;
@@ -43,4 +45,43 @@ pub fn shutdown_token() -> CancellationToken {
         t.cancel();
     });
     token
+}
+
+/// Creates topics that do not exist yet, waiting (with backoff) for the
+/// broker to be reachable. Returns early if `shutdown` is cancelled.
+pub async fn ensure_topics(
+    broker: &str,
+    topics: &[&str],
+    shutdown: &CancellationToken,
+) -> Result<(), SdkError> {
+    use mesh_proto::broker::v1::{CreateTopicRequest, broker_client::BrokerClient};
+    let ep = producer::endpoint(broker)?;
+    let mut backoff = backoff::Backoff::default();
+    loop {
+        let attempt = async {
+            let mut c = BrokerClient::new(ep.connect().await?);
+            for t in topics {
+                let r = c
+                    .create_topic(CreateTopicRequest {
+                        name: t.to_string(),
+                        ..Default::default()
+                    })
+                    .await;
+                match r {
+                    Ok(_) => tracing::info!(topic = t, "created topic"),
+                    Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+                    Err(s) => return Err(SdkError::Status(s)),
+                }
+            }
+            Ok::<(), SdkError>(())
+        };
+        match attempt.await {
+            Ok(()) => return Ok(()),
+            Err(e) => tracing::warn!(broker, error = %e, "broker not ready; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+    }
 }

@@ -28,9 +28,11 @@ pub type Client = BrokerClient<Channel>;
 
 /// Settings that make timing-based behaviour quick in tests.
 pub fn test_config(dir: &Path) -> BrokerConfig {
-    let mut c = BrokerConfig::default();
-    c.listen = "127.0.0.1:0".into();
-    c.data_dir = dir.to_path_buf();
+    let mut c = BrokerConfig {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.to_path_buf(),
+        ..BrokerConfig::default()
+    };
     c.delivery.ack_deadline_ms = 1_000;
     c.delivery.min_backoff_ms = 50;
     c.delivery.max_backoff_ms = 2_000;

@@ -1,0 +1,61 @@
+//! Service D, `analytics`: can start at any time. It replays the `orders`,
+//! `payments` and `shipments` topics from the earliest offset and keeps
+//! order counts and revenue per customer and in total, plus its lag. Its
+//! state lives in memory and is rebuilt from the log on every start; it
+//! reads without a consumer group, so it never disturbs other consumers.
+//!
+//! - [`config`] holds the settings.
+//! - [`stats`]: the figures, counted once per order even if an event is
+//!   seen twice.
+//! - [`api`]: the gRPC API (GetStats).
+
+pub mod api;
+pub mod config;
+pub mod stats;
+
+use std::sync::{Arc, Mutex};
+
+use mesh_proto::analytics::v1::analytics_server::AnalyticsServer;
+use mesh_sdk::{CancellationToken, SdkError, tail};
+use tokio::net::TcpListener;
+
+pub use config::Config;
+
+pub const TOPICS: [&str; 3] = ["orders", "payments", "shipments"];
+
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), SdkError> {
+    mesh_sdk::ensure_topics(&cfg.broker, &TOPICS, &shutdown).await?;
+    let stats = Arc::new(Mutex::new(stats::Stats::default()));
+    let mut readers = Vec::new();
+    for topic in TOPICS {
+        let (s, broker, stop) = (stats.clone(), cfg.broker.clone(), shutdown.clone());
+        readers.push(tokio::spawn(async move {
+            tail::tail(&broker, topic, 0, &stop, |e| {
+                s.lock().expect("stats lock").apply(topic, e);
+                true
+            })
+            .await
+        }));
+    }
+    let api = api::AnalyticsApi {
+        stats,
+        broker: cfg.broker.clone(),
+        started: std::time::Instant::now(),
+    };
+    let stop = shutdown.clone();
+    mesh_sdk::server::serve(
+        tonic::service::Routes::new(AnalyticsServer::new(api)),
+        listener,
+        async move { stop.cancelled().await },
+    )
+    .await?;
+    shutdown.cancel();
+    for r in readers {
+        let _ = r.await;
+    }
+    Ok(())
+}

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    mesh_sdk::app::main("BILLING", "billing.toml", billing::run)
+}

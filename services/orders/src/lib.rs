@@ -1,0 +1,85 @@
+//! Service A, `orders`: takes orders over gRPC and publishes OrderPlaced; it
+//! never calls another service. It follows the `payments` and `shipments`
+//! topics (as consumer group `orders`) to move each order along PLACED →
+//! PAID → SHIPPED, or to CANCELLED, publishing OrderStatusChanged.
+//!
+//! State is rebuilt from the `orders` topic at start (every order and
+//! status change is an event there), so nothing else needs to be stored.
+//!
+//! - [`config`] holds the settings.
+//! - [`book`]: the in-memory order book.
+//! - [`validate`]: PlaceOrder input checks.
+//! - [`api`]: the gRPC API.
+//! - [`follow`]: handlers for payment and shipment events.
+
+pub mod api;
+pub mod book;
+pub mod config;
+pub mod follow;
+pub mod validate;
+
+use std::sync::{Arc, Mutex};
+
+use mesh_proto::{
+    DomainEvent,
+    orders::v1::{OrderPlaced, OrderStatusChanged, orders_server::OrdersServer},
+};
+use mesh_sdk::{CancellationToken, Consumer, Producer, SdkError, tail};
+use tokio::net::TcpListener;
+
+pub use config::Config;
+
+pub const SOURCE: &str = "/services/orders";
+pub const GROUP: &str = "orders";
+
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), SdkError> {
+    mesh_sdk::ensure_topics(&cfg.broker, &["orders", "payments", "shipments"], &shutdown).await?;
+    let book = Arc::new(Mutex::new(book::Book::default()));
+    let b = book.clone();
+    let next = tail::replay(&cfg.broker, "orders", &shutdown, move |d| {
+        let mut book = b.lock().expect("book lock");
+        if let Ok(e) = d.decode::<OrderPlaced>() {
+            if let Some(o) = e.order {
+                book.placed(o);
+            }
+        } else if let Ok(e) = d.decode::<OrderStatusChanged>() {
+            book.advance(&e.order_id, e.status(), &e.reason);
+        }
+    })
+    .await?;
+    tracing::info!(events = next, "order book rebuilt from the orders topic");
+
+    let producer = Producer::new(&cfg.broker, SOURCE)?;
+    let mut consumers = Vec::new();
+    for topic in [
+        mesh_proto::billing::v1::PaymentAuthorized::TOPIC,
+        mesh_proto::shipping::v1::ShipmentScheduled::TOPIC,
+    ] {
+        let f = follow::Follower {
+            book: book.clone(),
+            producer: producer.clone(),
+        };
+        let c = Consumer::new(&cfg.broker, topic, GROUP)?.name(SOURCE);
+        consumers.push(tokio::spawn(
+            c.run(move |d| f.clone().handle(d), shutdown.clone()),
+        ));
+    }
+
+    let api = api::OrdersApi { book, producer };
+    let stop = shutdown.clone();
+    mesh_sdk::server::serve(
+        tonic::service::Routes::new(OrdersServer::new(api)),
+        listener,
+        async move { stop.cancelled().await },
+    )
+    .await?;
+    shutdown.cancel();
+    for c in consumers {
+        let _ = c.await;
+    }
+    Ok(())
+}

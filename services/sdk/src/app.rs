@@ -1,0 +1,81 @@
+//! The whole `main` of a service: `healthcheck` subcommand, config, logging,
+//! listening socket, SIGTERM/SIGINT, then the service's `run`.
+
+use std::{future::Future, process::ExitCode};
+
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{SdkError, config::Validate};
+
+/// What the bootstrap needs from a service's config.
+pub trait ServiceConfig: DeserializeOwned + Validate {
+    fn listen(&self) -> &str;
+    fn log_format(&self) -> &str;
+}
+
+/// Runs a service binary. `prefix` names its environment overrides
+/// (`PREFIX__KEY`), `default_file` is read when no `--config` is given.
+/// `<bin> healthcheck [ADDR]` probes a running instance instead.
+pub fn main<C, F, Fut>(prefix: &str, default_file: &str, run: F) -> ExitCode
+where
+    C: ServiceConfig,
+    F: FnOnce(C, TcpListener, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), SdkError>>,
+{
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("healthcheck") {
+        let addr = args
+            .get(1)
+            .cloned()
+            .unwrap_or_else(|| "127.0.0.1:50051".into());
+        return if rt.block_on(crate::server::healthcheck(&addr)) {
+            ExitCode::SUCCESS
+        } else {
+            eprintln!("not healthy: {addr}");
+            ExitCode::FAILURE
+        };
+    }
+    let cfg: C = match crate::config::config_path_from_args()
+        .and_then(|p| crate::config::load(prefix, p.as_deref(), default_file))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init_tracing(cfg.log_format());
+    rt.block_on(async move {
+        let listener = match TcpListener::bind(cfg.listen()).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("cannot listen on {} (key `listen`): {e}", cfg.listen());
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Ok(addr) = listener.local_addr() {
+            // A line for scripts and tests that bind port 0.
+            println!("listening on {addr}");
+        }
+        match run(cfg, listener, crate::shutdown_token()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "service failed");
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

@@ -1,0 +1,77 @@
+//! Service C, `shipping`: consumes PaymentAuthorized as consumer group
+//! `shipping` and publishes ShipmentScheduled to `shipments`. It never calls
+//! another service.
+//!
+//! Shipments are rebuilt from the `shipments` topic at start, so a
+//! redelivered payment finds its shipment and none is scheduled twice.
+//!
+//! - [`config`] holds the settings.
+//! - [`handler`]: the PaymentAuthorized handler and the shipment register.
+//! - [`api`]: the gRPC API (GetShipment).
+
+pub mod api;
+pub mod config;
+pub mod handler;
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+
+use mesh_proto::{
+    DomainEvent,
+    billing::v1::PaymentAuthorized,
+    shipping::v1::{ShipmentScheduled, shipping_server::ShippingServer},
+};
+use mesh_sdk::{CancellationToken, Consumer, Producer, SdkError, tail};
+use tokio::net::TcpListener;
+
+pub use config::Config;
+
+pub const SOURCE: &str = "/services/shipping";
+pub const GROUP: &str = "shipping";
+
+/// Shipments by order id.
+pub type Register = Arc<Mutex<BTreeMap<String, mesh_proto::shipping::v1::Shipment>>>;
+
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), SdkError> {
+    mesh_sdk::ensure_topics(&cfg.broker, &["payments", "shipments"], &shutdown).await?;
+    let register: Register = Arc::default();
+    let r = register.clone();
+    tail::replay(&cfg.broker, ShipmentScheduled::TOPIC, &shutdown, move |d| {
+        if let Ok(ShipmentScheduled { shipment: Some(s) }) = d.decode::<ShipmentScheduled>() {
+            r.lock()
+                .expect("register lock")
+                .entry(s.order_id.clone())
+                .or_insert(s);
+        }
+    })
+    .await?;
+    tracing::info!(
+        shipments = register.lock().expect("register lock").len(),
+        "shipments rebuilt from the shipments topic"
+    );
+
+    let h = handler::Shipping {
+        register: register.clone(),
+        producer: Producer::new(&cfg.broker, SOURCE)?,
+    };
+    let consumer = Consumer::new(&cfg.broker, PaymentAuthorized::TOPIC, GROUP)?.name(SOURCE);
+    let consumer = tokio::spawn(consumer.run(move |d| h.clone().handle(d), shutdown.clone()));
+
+    let stop = shutdown.clone();
+    let api = api::ShippingApi { register };
+    mesh_sdk::server::serve(
+        tonic::service::Routes::new(ShippingServer::new(api)),
+        listener,
+        async move { stop.cancelled().await },
+    )
+    .await?;
+    shutdown.cancel();
+    let _ = consumer.await;
+    Ok(())
+}

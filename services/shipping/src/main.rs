@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    mesh_sdk::app::main("SHIPPING", "shipping.toml", shipping::run)
+}
