@@ -73,3 +73,41 @@ pub fn check_log_format(key: &str, v: &str) -> Result<(), SdkError> {
         _ => Err(config_err(key, "must be \"text\" or \"json\"")),
     }
 }
+
+/// The settings most consumers need and no more: where to listen, where
+/// the broker is, how to log. Env overrides: `PREFIX__LISTEN`,
+/// `PREFIX__BROKER`, `PREFIX__LOG_FORMAT`.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BasicConfig {
+    pub listen: String,
+    pub broker: String,
+    pub log_format: String,
+}
+
+impl Default for BasicConfig {
+    fn default() -> Self {
+        BasicConfig {
+            listen: "127.0.0.1:50060".into(),
+            broker: "http://127.0.0.1:50051".into(),
+            log_format: "text".into(),
+        }
+    }
+}
+
+impl Validate for BasicConfig {
+    fn validate(&self) -> Result<(), SdkError> {
+        check_listen("listen", &self.listen)?;
+        check_broker("broker", &self.broker)?;
+        check_log_format("log_format", &self.log_format)
+    }
+}
+
+impl crate::app::ServiceConfig for BasicConfig {
+    fn listen(&self) -> &str {
+        &self.listen
+    }
+    fn log_format(&self) -> &str {
+        &self.log_format
+    }
+}

@@ -29,6 +29,7 @@ pub mod server;
 pub mod tail;
 pub mod telemetry;
 
+pub use config::BasicConfig;
 pub use consumer::{Consumer, Start};
 pub use error::SdkError;
 pub use events::{Delivered, HandlerError, derive_id, envelope};
