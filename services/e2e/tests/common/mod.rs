@@ -1,0 +1,294 @@
+//! The mesh as real processes: the broker and services A–D (and the
+//! tutorial consumer) started from the workspace's binaries, each on an
+//! ephemeral 127.0.0.1 port, logging to files in a temp dir.
+#![allow(dead_code)]
+
+use std::{
+    fs::File,
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::Duration,
+};
+
+use mesh_proto::{
+    analytics::v1::analytics_client::AnalyticsClient,
+    billing::v1::billing_client::BillingClient,
+    broker::v1::broker_client::BrokerClient,
+    orders::v1::{Money, OrderItem, PlaceOrderRequest, orders_client::OrdersClient},
+    shipping::v1::shipping_client::ShippingClient,
+};
+use tonic::transport::Channel;
+
+/// Builds every binary of the workspace once per test process, with the
+/// same cargo that runs the tests, so the processes run the current code.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        // target/<profile>/deps/<test> → target/<profile>
+        let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--workspace", "--bins", "--quiet"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("run cargo build");
+        assert!(st.success(), "cargo build --workspace --bins failed");
+        dir
+    })
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `bin` with `env` and waits for its "listening on ADDR" line.
+    pub fn spawn(bin: &str, name: &str, dir: &Path, env: &[(String, String)]) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let stderr = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut cmd = Command::new(bin_dir().join(bin));
+        cmd.current_dir(dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {bin}: {e}"));
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{name} did not start: {line:?}; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            });
+        // Nothing else is printed on stdout; drop the pipe reader in a thread
+        // so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in out.lines() {});
+        Proc {
+            name: name.to_string(),
+            child,
+            addr,
+            log,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn sigkill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn sigterm(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        for _ in 0..200 {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("{} did not exit within 10 s of SIGTERM", self.name);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub const SERVICES: [&str; 4] = ["orders", "billing", "shipping", "analytics"];
+
+/// A broker on a fixed port (so it can restart where the services expect
+/// it) and any of the services.
+pub struct Mesh {
+    pub dir: tempfile::TempDir,
+    pub broker_port: u16,
+    pub broker: Option<Proc>,
+    pub services: std::collections::BTreeMap<String, Proc>,
+}
+
+impl Mesh {
+    pub fn new() -> Mesh {
+        let mut m = Mesh {
+            dir: tempfile::tempdir().unwrap(),
+            broker_port: free_port(),
+            broker: None,
+            services: Default::default(),
+        };
+        m.start_broker();
+        m
+    }
+
+    pub fn broker_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.broker_port)
+    }
+
+    pub fn start_broker(&mut self) {
+        let env = vec![
+            (
+                "BROKER__LISTEN".to_string(),
+                format!("127.0.0.1:{}", self.broker_port),
+            ),
+            (
+                "BROKER__DATA_DIR".into(),
+                self.dir.path().join("broker").display().to_string(),
+            ),
+            ("BROKER__DELIVERY__ACK_DEADLINE_MS".into(), "3000".into()),
+            ("BROKER__DELIVERY__COMMIT_INTERVAL_MS".into(), "20".into()),
+            ("BROKER__DELIVERY__MIN_BACKOFF_MS".into(), "50".into()),
+            ("BROKER__DELIVERY__MAX_BACKOFF_MS".into(), "1000".into()),
+        ];
+        self.broker = Some(Proc::spawn("broker", "broker", self.dir.path(), &env));
+    }
+
+    pub fn start(&mut self, service: &str) {
+        let prefix = service.to_uppercase();
+        let env = vec![
+            (format!("{prefix}__LISTEN"), "127.0.0.1:0".to_string()),
+            (format!("{prefix}__BROKER"), self.broker_url()),
+        ];
+        let p = Proc::spawn(service, service, self.dir.path(), &env);
+        self.services.insert(service.to_string(), p);
+    }
+
+    pub fn start_all(&mut self) {
+        for s in SERVICES {
+            self.start(s);
+        }
+    }
+
+    pub fn url(&self, service: &str) -> String {
+        self.services[service].url()
+    }
+
+    pub fn take(&mut self, service: &str) -> Proc {
+        self.services.remove(service).unwrap()
+    }
+
+    pub async fn orders(&self) -> OrdersClient<Channel> {
+        OrdersClient::connect(self.url("orders")).await.unwrap()
+    }
+    pub async fn billing(&self) -> BillingClient<Channel> {
+        BillingClient::connect(self.url("billing")).await.unwrap()
+    }
+    pub async fn shipping(&self) -> ShippingClient<Channel> {
+        ShippingClient::connect(self.url("shipping")).await.unwrap()
+    }
+    pub async fn analytics(&self) -> AnalyticsClient<Channel> {
+        AnalyticsClient::connect(self.url("analytics"))
+            .await
+            .unwrap()
+    }
+    pub async fn broker_client(&self) -> BrokerClient<Channel> {
+        BrokerClient::connect(self.broker_url()).await.unwrap()
+    }
+
+    /// Every process's log, for a failing test's message.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for e in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            if e.path().extension().is_some_and(|x| x == "log") {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                s += &format!(
+                    "==== {}\n{}\n",
+                    e.path().display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
+        s
+    }
+}
+
+pub fn order(key: &str, customer: &str, amount_minor: i64) -> PlaceOrderRequest {
+    PlaceOrderRequest {
+        idempotency_key: key.into(),
+        customer_id: customer.into(),
+        items: vec![OrderItem {
+            sku: "sku-1".into(),
+            quantity: 1,
+            unit_price: Some(Money {
+                currency: "EUR".into(),
+                amount_minor,
+            }),
+        }],
+    }
+}
+
+/// Polls `f` until it returns true, for at most `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Events of `topic` by type, as stored in the log: (type, subject) pairs.
+pub async fn log_events(broker: &str, topic: &str) -> Vec<(String, String)> {
+    let stop = mesh_sdk::CancellationToken::new();
+    let mut out = Vec::new();
+    mesh_sdk::tail::replay(broker, topic, &stop, |d| {
+        out.push((d.event.r#type.clone(), d.event.subject.clone()))
+    })
+    .await
+    .unwrap();
+    out
+}
+
+/// How many events of `type` each subject has in `topic`.
+pub async fn count_by_subject(
+    broker: &str,
+    topic: &str,
+    ty: &str,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for (t, s) in log_events(broker, topic).await {
+        if t == ty {
+            *m.entry(s).or_insert(0) += 1;
+        }
+    }
+    m
+}
