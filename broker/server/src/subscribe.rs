@@ -279,9 +279,15 @@ async fn group_session(
                         last_seen = Instant::now();
                         match handle_request(handle, member, req).await {
                             Ok(()) => {}
-                            Err(Fatal(status)) => {
+                            Err(Refusal::Fatal(status)) => {
                                 let _ = tx.send(Err(status)).await;
                                 return;
+                            }
+                            Err(Refusal::Refused(e)) => {
+                                let e = Response::Error(crate::error::to_proto(&e));
+                                if tx.send(msg(e)).await.is_err() {
+                                    return;
+                                }
                             }
                         }
                     }
@@ -307,16 +313,25 @@ async fn group_session(
     }
 }
 
-struct Fatal(Status);
+/// Why a request on an open subscription was not carried out.
+enum Refusal {
+    /// The stream cannot go on: a second open, or the group stopped.
+    Fatal(Status),
+    /// Only this request is refused. Like an ack of an offset the member
+    /// does not hold, it gets an in-stream error and the stream goes on;
+    /// ending the stream would send every delivery the member holds back
+    /// to the group for a malformed field.
+    Refused(BrokerError),
+}
 
 async fn handle_request(
     handle: &GroupHandle,
     member: u64,
     req: SubscribeRequest,
-) -> std::result::Result<(), Fatal> {
-    let gone = |_| Fatal(Status::unavailable("the group was stopped; reconnect"));
+) -> std::result::Result<(), Refusal> {
+    let gone = |_| Refusal::Fatal(Status::unavailable("the group was stopped; reconnect"));
     match req.request {
-        Some(Request::Open(_)) => Err(Fatal(Status::failed_precondition(
+        Some(Request::Open(_)) => Err(Refusal::Fatal(Status::failed_precondition(
             "open: the subscription is already open; send open once per stream",
         ))),
         Some(Request::Ack(a)) => handle.send(Cmd::Ack(member, a.offsets)).await.map_err(gone),
@@ -328,7 +343,7 @@ async fn handle_request(
             {
                 None => Duration::ZERO,
                 Some(Ok(d)) => d,
-                Some(Err(e)) => return Err(Fatal(Status::from(e))),
+                Some(Err(e)) => return Err(Refusal::Refused(e)),
             };
             handle
                 .send(Cmd::Nack {
@@ -342,8 +357,9 @@ async fn handle_request(
         }
         Some(Request::Credit(c)) => handle.send(Cmd::Credit(member, c.add)).await.map_err(gone),
         Some(Request::Heartbeat(_)) => Ok(()),
-        None => Err(Fatal(Status::invalid_argument(
-            "request: must be one of open, ack, nack, credit, heartbeat",
+        None => Err(Refusal::Refused(BrokerError::invalid(
+            "request",
+            "must be one of open, ack, nack, credit, heartbeat",
         ))),
     }
 }

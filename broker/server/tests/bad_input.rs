@@ -577,6 +577,26 @@ async fn bad_acks_get_in_stream_errors_and_harm_no_other_member() {
     a.nack(vec![1], Duration::ZERO, "not mine").await;
     let e = next_error(&mut a).await;
     assert_eq!(e.code, "FAILED_PRECONDITION", "{e:?}");
+    // A nack of its own delivery with a negative delay is refused as a
+    // whole: in-stream, naming the field, and the delivery stays held.
+    a.tx.send(pb::SubscribeRequest {
+        request: Some(Request::Nack(pb::Nack {
+            offsets: vec![0],
+            delay: Some(prost_types::Duration {
+                seconds: -1,
+                nanos: 0,
+            }),
+            reason: "bad delay".into(),
+        })),
+    })
+    .await
+    .unwrap();
+    assert_error(&next_error(&mut a).await, "INVALID_ARGUMENT", "nack.delay");
+    // So is a request with nothing in it.
+    a.tx.send(pb::SubscribeRequest { request: None })
+        .await
+        .unwrap();
+    assert_error(&next_error(&mut a).await, "INVALID_ARGUMENT", "request");
 
     // Both streams go on: each acks its own, and the group commits both.
     b2.ack(vec![1]).await;
