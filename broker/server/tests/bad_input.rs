@@ -479,6 +479,19 @@ async fn subscribe_refuses_bad_opens_with_statuses() {
             Code::InvalidArgument,
             "open.start.offset",
         ),
+        (
+            open(pb::Open {
+                start: Some(pb::StartPosition {
+                    position: Some(Position::Time(prost_types::Timestamp {
+                        seconds: 0,
+                        nanos: -1,
+                    })),
+                }),
+                ..o("orders", "g")
+            }),
+            Code::InvalidArgument,
+            "open.start.time",
+        ),
     ];
     for (first, code, field) in cases {
         let s = refused_subscribe(&mut c, first.clone()).await;
