@@ -194,6 +194,9 @@ pub struct Dispatcher {
     next_read: u64,
     pending: BTreeMap<u64, Entry>,
     keys: HashMap<Arc<str>, VecDeque<u64>>,
+    /// Events waiting behind an earlier unfinished event of their key (all
+    /// but the front of each `keys` queue): read, but not handed out yet.
+    held: usize,
     ready: BTreeSet<u64>,
     delayed: BTreeSet<(Instant, u64)>,
     deadlines: BTreeSet<(Instant, u64)>,
@@ -240,6 +243,7 @@ impl Dispatcher {
             next_read: committed.unwrap_or(0),
             pending: BTreeMap::new(),
             keys: HashMap::new(),
+            held: 0,
             ready: BTreeSet::new(),
             delayed: BTreeSet::new(),
             deadlines: BTreeSet::new(),
@@ -462,6 +466,7 @@ impl Dispatcher {
             self.next_read = self.position();
             self.pending.clear();
             self.keys.clear();
+            self.held = 0;
             self.ready.clear();
             self.delayed.clear();
             self.deadlines.clear();
@@ -505,7 +510,10 @@ impl Dispatcher {
             && let Some(q) = self.keys.get_mut(&k)
         {
             debug_assert_eq!(q.front(), Some(&off));
+            let before = q.len();
             q.retain(|&o| o != off);
+            // The key's next event, if any, is no longer held behind it.
+            self.held -= (before - 1) - q.len().saturating_sub(1);
             match q.front().copied() {
                 Some(next) => self.make_ready(next),
                 None => {
@@ -670,6 +678,7 @@ impl Dispatcher {
             q.push_back(offset);
             if q.len() > 1 {
                 state = State::Blocked;
+                self.held += 1;
             }
         }
         if state == State::Ready {
@@ -760,7 +769,13 @@ impl Dispatcher {
 
     fn report_caught_up(&mut self) {
         let head = self.head();
-        let caught_up = self.next_read >= head && self.ready.is_empty() && self.delayed.is_empty();
+        // Events held behind their key have not been handed out either:
+        // without `held`, a keyed backlog reported CaughtUp as soon as the
+        // first event of each key was out.
+        let caught_up = self.next_read >= head
+            && self.ready.is_empty()
+            && self.delayed.is_empty()
+            && self.held == 0;
         if !caught_up {
             self.caught_up_sent = false;
             return;
@@ -894,6 +909,7 @@ impl Dispatcher {
         }
         self.pending.clear();
         self.keys.clear();
+        self.held = 0;
         self.ready.clear();
         self.delayed.clear();
         self.deadlines.clear();

@@ -960,6 +960,52 @@ async fn caught_up_after_the_backlog_and_periodic_lag() {
     e.b.stop().await;
 }
 
+/// 11b. Events held back behind an unacked event of their key have not
+/// been handed out yet: CaughtUp waits for them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caught_up_waits_for_events_held_behind_their_key() {
+    let mut e = env(|c| {
+        c.delivery.ack_deadline_ms = 30_000;
+        c.delivery.idle_timeout_ms = 30_000;
+    })
+    .await;
+    create_topic(&mut e.c, "t").await;
+    let mut evs: Vec<Event> = (0..4).map(|i| event(&format!("a{i}"), "A", "x")).collect();
+    evs.push(event("b0", "B", "x"));
+    publish(&mut e.c, "t", evs).await;
+    let mut s = Sub::open(&mut e.c, "t", "g", 100).await;
+    // Only a0 and b0 can go out at first; a1..a3 wait for a0's ack.
+    let d = take_exactly(&mut s, 2, "heads of A and B").await;
+    let mut got = offsets(&d);
+    got.sort_unstable();
+    assert_eq!(got, vec![0, 4]);
+    match s.next(QUIET).await {
+        None => {}
+        Some(Response::CaughtUp(c)) => {
+            panic!("CaughtUp({}) while a1..a3 were never handed out", c.head)
+        }
+        Some(other) => panic!("unexpected {other:?}"),
+    }
+    // Acking one at a time hands out the rest of A; then it is caught up.
+    s.ack(got).await;
+    for next in 1..4u64 {
+        match s.next(WAIT).await {
+            Some(Response::Deliveries(d)) => {
+                assert_eq!(offsets(&d.deliveries), vec![next]);
+                s.ack(vec![next]).await;
+            }
+            other => panic!("expected a{next}, got {other:?}"),
+        }
+    }
+    match s.next(WAIT).await {
+        Some(Response::CaughtUp(c)) => assert_eq!(c.head, 5),
+        other => panic!("expected CaughtUp, got {other:?}"),
+    }
+    wait_committed(&e.c, "t", "g", 5).await;
+    drop(s);
+    e.b.stop().await;
+}
+
 /// 12. Committed progress survives a consumer restart and a broker restart:
 /// nothing acked comes back, nothing unacked is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
