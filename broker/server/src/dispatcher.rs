@@ -594,12 +594,23 @@ impl Dispatcher {
     }
 
     fn dead_lettered(&mut self, off: u64, result: std::result::Result<(), String>) {
+        // The append ran outside the actor. If a seek or the last member
+        // leaving dropped the window meanwhile, `off` may since have been
+        // read again as a fresh entry that is ready or in flight: completing
+        // (or delaying) that one would silently skip a delivery.
+        let current = self
+            .pending
+            .get(&off)
+            .is_some_and(|e| e.state == State::DeadLettering);
         match result {
             Ok(()) => {
                 self.dead_lettered += 1;
                 tracing::warn!(topic = %self.topic, group = %self.group, offset = off, "event dead-lettered after the last delivery attempt");
-                self.complete(off);
+                if current {
+                    self.complete(off);
+                }
             }
+            Err(_) if !current => {}
             Err(e) => {
                 // Keep the event; try the dead-letter append again later.
                 tracing::error!(topic = %self.topic, group = %self.group, offset = off, error = %e, "dead-lettering failed; will retry");
