@@ -87,17 +87,35 @@ pub async fn dead_letter(
     a.insert(A_ATTEMPTS.into(), letter.attempts.to_string());
     a.insert(A_REASON.into(), letter.reason);
     a.insert(A_FIRST.into(), letter.first_delivered_us.to_string());
-    storage
+    let payload = Bytes::from(ev.encode_to_vec());
+    let appended = storage
         .append(
             &name,
             vec![AppendRecord {
                 // Dead-lettering the same offset twice (after a crash) keeps
                 // one copy.
                 id: Some(format!("dlq:{offset}")),
-                payload: Bytes::from(ev.encode_to_vec()),
+                payload: payload.clone(),
             }],
         )
         .await?;
+    // But a duplicate of a copy that was already redriven or purged (it
+    // lies before the cursor) is a new failure, for example after a seek
+    // replayed the event: deduping it would make the event vanish, counted
+    // as dead-lettered yet listed nowhere. It gets a copy of its own, keyed
+    // by this delivery cycle so a retried append still keeps one.
+    let cursor = storage.committed(&name, CURSOR)?.unwrap_or(0);
+    if appended.iter().any(|a| a.duplicate && a.offset < cursor) {
+        storage
+            .append(
+                &name,
+                vec![AppendRecord {
+                    id: Some(format!("dlq:{offset}:{}", letter.first_delivered_us)),
+                    payload,
+                }],
+            )
+            .await?;
+    }
     Ok(())
 }
 

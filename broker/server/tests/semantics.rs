@@ -567,6 +567,55 @@ async fn dead_letters_list_redrive_to_one_group_and_purge() {
     e.b.stop().await;
 }
 
+/// 4b. An event that fails again after its dead letter was handled (purged
+/// or redriven) and the group was sought back is dead-lettered again, not
+/// swallowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_event_that_fails_again_is_dead_lettered_again() {
+    let mut e = env(|c| {
+        c.delivery.ack_deadline_ms = 30_000;
+        c.delivery.idle_timeout_ms = 30_000;
+    })
+    .await;
+    create_topic_with_attempts(&mut e.c, "jobs", 1).await;
+    let mut s = Sub::open(&mut e.c, "jobs", "g", 10).await;
+    publish(&mut e.c, "jobs", vec![event("bad", "", "1")]).await;
+    let d = take_exactly(&mut s, 1, "delivery").await;
+    s.nack(offsets(&d), Duration::ZERO, "first").await;
+    wait_committed(&e.c, "jobs", "g", 1).await;
+    assert_eq!(describe(&mut e.c, "jobs", "g").await.dead_letters, 1);
+    let p =
+        e.c.purge_dead_letters(pb::PurgeDeadLettersRequest {
+            topic: "jobs".into(),
+            group: "g".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p.purged, 1);
+
+    // Replay it; it fails again.
+    let r = seek(&mut e.c, "jobs", "g", Position::Offset(0), false).await;
+    assert_eq!(r.events_to_redeliver, 1);
+    let d = take_exactly(&mut s, 1, "replayed").await;
+    assert_eq!((offset(&d[0]), d[0].delivery_attempt), (0, 1));
+    s.nack(offsets(&d), Duration::ZERO, "second").await;
+    wait_committed(&e.c, "jobs", "g", 1).await;
+    let ok = eventually(WAIT, || {
+        let mut c = e.c.clone();
+        async move { describe(&mut c, "jobs", "g").await.dead_lettered == 2 }
+    })
+    .await;
+    assert!(ok, "second dead-lettering");
+    let list = dead_letters(&mut e.c, "jobs", "g").await;
+    assert_eq!(list.dead_letters.len(), 1, "the second failure is listed");
+    assert_eq!(list.dead_letters[0].original_offset, 0);
+    assert_eq!(list.dead_letters[0].last_reason, "second");
+    assert_eq!(describe(&mut e.c, "jobs", "g").await.dead_letters, 1);
+    drop(s);
+    e.b.stop().await;
+}
+
 /// 5. A group created late replays history: from earliest, or from a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_group_replays_from_earliest_and_from_a_time() {
