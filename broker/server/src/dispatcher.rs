@@ -46,6 +46,8 @@ use crate::{
 const MAX_BATCH: usize = 256;
 /// Records read from storage in one go at most.
 const READ_BATCH: usize = 1024;
+/// Commands handled in a row before the dispatcher reads and pumps again.
+const MAX_CMDS_PER_STEP: usize = 256;
 
 /// Attribute that marks a redriven copy of a dead letter: only this group
 /// receives it.
@@ -269,6 +271,9 @@ impl Dispatcher {
         loop {
             // Cached: head() is needed on every step of the hot path.
             self.head = *head_rx.borrow_and_update();
+            // Hand out what is ready before waiting for the read-ahead, then
+            // whatever the read made ready.
+            self.pump();
             self.fill().await;
             self.pump();
             self.report_caught_up();
@@ -278,7 +283,22 @@ impl Dispatcher {
                 cmd = rx.recv() => match cmd {
                     None => break,
                     Some(Cmd::Stop(reply)) => { stop_reply = Some(reply); break; }
-                    Some(cmd) => self.handle(cmd).await,
+                    Some(cmd) => {
+                        self.handle(cmd).await;
+                        // Take every command already queued (mostly acks)
+                        // before the next read and pump: one read-ahead per
+                        // burst of acks instead of one per ack.
+                        let mut stop = false;
+                        for _ in 0..MAX_CMDS_PER_STEP {
+                            match rx.try_recv() {
+                                Ok(Cmd::Stop(reply)) => { stop_reply = Some(reply); stop = true; break; }
+                                Ok(cmd) => self.handle(cmd).await,
+                                Err(mpsc::error::TryRecvError::Empty) => break,
+                                Err(mpsc::error::TryRecvError::Disconnected) => { stop = true; break; }
+                            }
+                        }
+                        if stop { break; }
+                    }
                 },
                 changed = head_rx.changed() => {
                     if changed.is_err() {
