@@ -29,7 +29,7 @@ use std::{
     time::Duration,
 };
 
-use mesh_log::{CommitMode, LogError, Storage};
+use mesh_log::{CommitMode, LogError, Record, Storage};
 use mesh_proto::{broker::v1 as pb, events::v1::StoredEvent};
 use tokio::{
     sync::{mpsc, oneshot, watch},
@@ -167,13 +167,39 @@ enum State {
 }
 
 struct Entry {
-    event: StoredEvent,
+    /// The decoded event, until its first delivery takes it (a clone per
+    /// delivery was most of the dispatcher's per-event cost); redeliveries
+    /// and dead-lettering decode `record` again.
+    event: Option<StoredEvent>,
+    /// The event as stored; its payload shares the read buffer.
+    record: Record,
     key: Option<Arc<str>>,
-    publish_us: i64,
     attempt: u32,
     first_delivered_us: i64,
     last_reason: String,
     state: State,
+}
+
+impl Entry {
+    fn decode(&self, topic: &str) -> StoredEvent {
+        convert::stored_event(topic, &self.record)
+            .expect("the same bytes decoded when the record was read")
+    }
+
+    /// The event to deliver: the decoded one the first time.
+    fn take_event(&mut self, topic: &str) -> StoredEvent {
+        match self.event.take() {
+            Some(ev) => ev,
+            None => self.decode(topic),
+        }
+    }
+
+    fn event(&self, topic: &str) -> StoredEvent {
+        match &self.event {
+            Some(ev) => ev.clone(),
+            None => self.decode(topic),
+        }
+    }
 }
 
 struct Member {
@@ -591,7 +617,7 @@ impl Dispatcher {
             return;
         };
         let letter = dlq::Letter {
-            event: e.event.clone(),
+            event: e.event(&self.topic),
             attempts: e.attempt,
             reason: e.last_reason.clone(),
             first_delivered_us: e.first_delivered_us,
@@ -686,7 +712,7 @@ impl Dispatcher {
                         .map(|ev| ev.subject.as_str())
                         .filter(|s| !s.is_empty())
                         .map(Arc::from);
-                    self.insert(r.offset, r.timestamp_us, key, event);
+                    self.insert(r, key, event);
                 }
             }
             Err(LogError::OffsetTruncated { earliest, .. }) => {
@@ -702,7 +728,8 @@ impl Dispatcher {
         }
     }
 
-    fn insert(&mut self, offset: u64, publish_us: i64, key: Option<Arc<str>>, event: StoredEvent) {
+    fn insert(&mut self, record: Record, key: Option<Arc<str>>, event: StoredEvent) {
+        let offset = record.offset;
         let mut state = State::Ready;
         if let Some(k) = &key {
             let q = self.keys.entry(k.clone()).or_default();
@@ -718,9 +745,9 @@ impl Dispatcher {
         self.pending.insert(
             offset,
             Entry {
-                event,
+                event: Some(event),
+                record,
                 key,
-                publish_us,
                 attempt: 0,
                 first_delivered_us: 0,
                 last_reason: String::new(),
@@ -771,7 +798,7 @@ impl Dispatcher {
                     };
                     self.deadlines.insert((deadline, off));
                     batch.push(pb::Delivery {
-                        event: Some(e.event.clone()),
+                        event: Some(e.take_event(&self.topic)),
                         delivery_attempt: e.attempt,
                     });
                 }
@@ -880,7 +907,9 @@ impl Dispatcher {
             .pending
             .values()
             .next()
-            .map(|e| Duration::from_micros((convert::now_us() - e.publish_us).max(0) as u64))
+            .map(|e| {
+                Duration::from_micros((convert::now_us() - e.record.timestamp_us).max(0) as u64)
+            })
             .unwrap_or_default();
         pb::Lag {
             events: head.saturating_sub(pos.max(earliest)),
@@ -962,7 +991,7 @@ impl Dispatcher {
                 .sum(),
             redelivered: self.redelivered,
             dead_lettered: self.dead_lettered,
-            oldest_unacked_us: self.pending.values().next().map(|e| e.publish_us),
+            oldest_unacked_us: self.pending.values().next().map(|e| e.record.timestamp_us),
             buffered: self.pending.len() as u64,
             members: self
                 .members
