@@ -436,3 +436,78 @@ async fn the_tutorial_consumer_receives_events() {
         .await
         .unwrap();
 }
+
+#[test]
+fn the_readme_tutorial_is_the_tested_crate() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let main = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../notifications/src/main.rs"
+    ))
+    .unwrap();
+    let indented: String = main
+        .lines()
+        .map(|l| {
+            if l.is_empty() {
+                "\n".to_string()
+            } else {
+                format!("   {l}\n")
+            }
+        })
+        .collect();
+    assert!(
+        readme.contains(&indented),
+        "README's notifications main.rs differs from services/notifications/src/main.rs"
+    );
+    assert!(
+        main.lines().count() <= 40,
+        "the tutorial consumer should stay small"
+    );
+}
+
+#[test]
+fn no_service_knows_another_services_address() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let ports = [
+        ("orders", "50052"),
+        ("billing", "50053"),
+        ("shipping", "50054"),
+        ("analytics", "50055"),
+        ("notifications", "50060"),
+    ];
+    for (svc, _) in ports {
+        let mut files = vec![];
+        let mut stack = vec![std::path::PathBuf::from(format!("{root}/{svc}"))];
+        while let Some(p) = stack.pop() {
+            for e in std::fs::read_dir(&p).unwrap().flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    files.push(path);
+                }
+            }
+        }
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
+            for (other, port) in ports {
+                if other != svc {
+                    assert!(
+                        !text.contains(port),
+                        "{} mentions {other}'s port {port}",
+                        f.display()
+                    );
+                    // A URL or host:port naming the other service.
+                    for host in [format!("//{other}"), format!("{other}:5")] {
+                        assert!(
+                            !text.contains(&host),
+                            "{} mentions the host {other}",
+                            f.display()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
