@@ -106,8 +106,7 @@ const USAGE: &str = "usage: broker-bench [--quick] [--dir PATH] [--fsync always|
 
 const PARTS: [&str; 5] = ["publish", "unary", "baseline", "consume", "latency"];
 
-fn parse_args() -> Res<Args> {
-    let mut raw: Vec<String> = std::env::args().skip(1).collect();
+fn parse_args(mut raw: Vec<String>) -> Res<Args> {
     let quick = raw.iter().any(|a| a == "--quick");
     raw.retain(|a| a != "--quick");
     let mut a = Args {
@@ -955,7 +954,7 @@ fn main() {
         println!("{USAGE}");
         return;
     }
-    let args = match parse_args() {
+    let args = match parse_args(std::env::args().skip(1).collect()) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("{e}");
@@ -981,17 +980,19 @@ fn ratios(a: &[Run], b: &[Run]) -> String {
     format!("{} (median {:.2})", fmt_list(&v, 2), median(&v))
 }
 
+/// A multi-thread runtime with one worker per core; its threads are named
+/// `name` (the CPU split in the report relies on it).
+fn runtime(name: &str) -> Res<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .map_err(err)
+}
+
 fn run(args: &Args) -> Res<()> {
-    let broker_rt = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("broker")
-        .enable_all()
-        .build()
-        .map_err(err)?;
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("client")
-        .enable_all()
-        .build()
-        .map_err(err)?;
+    let broker_rt = runtime("broker")?;
+    let client_rt = runtime("client")?;
     let workers = broker_rt.metrics().num_workers();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let limit = Duration::from_secs_f64(args.seconds);
@@ -1367,4 +1368,62 @@ fn run(args: &Args) -> Res<()> {
     }
     println!("{out}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keeps the benchmark from rotting: a tiny run of every scenario
+    /// against a real broker.
+    #[test]
+    fn tiny_runs_complete() {
+        let mut args = parse_args(vec!["--quick".into()]).unwrap();
+        args.events = 300;
+        let (broker_rt, client_rt) = (runtime("broker").unwrap(), runtime("client").unwrap());
+        let limit = Duration::from_secs(20);
+
+        let b = RunningBroker::start(&broker_rt, &args, "test").unwrap();
+        let addr = b.addr;
+        let (p, u, c) = on_clients(&client_rt, async move {
+            create_topic(addr, TOPIC).await?;
+            let shape = Shape {
+                streams: 2,
+                batch: 10,
+                in_flight: 40,
+            };
+            let p = publish_run(addr, TOPIC, shape, 300, limit).await?;
+            let u = unary_run(addr, 20, limit).await?;
+            let c = consume_run(addr, "g".into(), 2, 50, 320, limit).await?;
+            Ok((p, u, c))
+        })
+        .unwrap();
+        b.stop(&broker_rt).unwrap();
+        assert_eq!((p.events, u.events, c.events), (300, 20, 320));
+        assert!(p.p50_us > 0 && p.p50_us <= p.p99_us);
+
+        let shape = Shape {
+            streams: 1,
+            batch: 10,
+            in_flight: 100,
+        };
+        assert_eq!(baseline_run(&client_rt, &args, shape).unwrap().events, 300);
+
+        let b = RunningBroker::start(&broker_rt, &args, "test").unwrap();
+        let addr = b.addr;
+        let l = on_clients(&client_rt, async move {
+            create_topic(addr, TOPIC).await?;
+            latency_run(addr, 1000, 0.2).await
+        })
+        .unwrap();
+        b.stop(&broker_rt).unwrap();
+        assert_eq!((l.sent, l.delivered), (200, 200));
+        assert!(l.e2e.p50_us > 0 && l.e2e.p50_us <= l.e2e.max_us);
+        assert!(
+            raw_sync_probe(&args.dir, Duration::from_millis(20))
+                .unwrap()
+                .0
+                > 0.0
+        );
+    }
 }
