@@ -508,3 +508,37 @@ fn second_process_cannot_open_the_same_data_dir() {
     let _a = mesh_log::LocalStorage::open(dir.path(), LogConfig::default()).unwrap();
     assert!(mesh_log::LocalStorage::open(dir.path(), LogConfig::default()).is_err());
 }
+
+#[test]
+fn dedupe_cap_keeps_the_newest_ids_across_reopen() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        dedupe_max_ids: 50,
+        ..small_cfg()
+    };
+    let log = create(dir.path(), cfg.clone(), TopicConfig::default());
+    for i in 0..200u32 {
+        append(&rt, &log, vec![rec_id(&format!("id-{i}"), vec![0; 100])]);
+    }
+    drop(log);
+    assert!(segment_files(dir.path()).len() > 2);
+    let log = open(dir.path(), cfg).unwrap();
+    let a = append(
+        &rt,
+        &log,
+        vec![
+            rec_id("id-199", "x"),
+            rec_id("id-150", "x"),
+            rec_id("id-0", "x"),
+        ],
+    );
+    assert!(
+        a[0].duplicate && a[1].duplicate,
+        "the newest ids stay in the window"
+    );
+    assert!(
+        !a[2].duplicate,
+        "the oldest id fell out of the capped window"
+    );
+}
