@@ -511,3 +511,25 @@ fn no_service_knows_another_services_address() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_started_before_the_broker_wait_for_it() {
+    let mut m = Mesh::without_broker();
+    m.start_all();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for s in SERVICES {
+        let p = m.services.get_mut(s).unwrap();
+        assert!(
+            p.child.try_wait().unwrap().is_none(),
+            "{s} gave up without the broker:\n{}",
+            m.logs()
+        );
+    }
+    m.start_broker();
+    let ids = place_n(&m, "early", 5).await;
+    assert!(
+        eventually(LONG, || all_final(&m, &ids)).await,
+        "{}",
+        m.logs()
+    );
+}

@@ -143,14 +143,19 @@ pub struct Mesh {
 
 impl Mesh {
     pub fn new() -> Mesh {
-        let mut m = Mesh {
+        let mut m = Mesh::without_broker();
+        m.start_broker();
+        m
+    }
+
+    /// A mesh whose broker is not started yet.
+    pub fn without_broker() -> Mesh {
+        Mesh {
             dir: tempfile::tempdir().unwrap(),
             broker_port: free_port(),
             broker: None,
             services: Default::default(),
-        };
-        m.start_broker();
-        m
+        }
     }
 
     pub fn broker_url(&self) -> String {
