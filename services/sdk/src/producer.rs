@@ -52,7 +52,15 @@ pub struct Producer {
 
 pub fn endpoint(broker: &str) -> Result<Endpoint, SdkError> {
     Endpoint::from_shared(broker.to_string())
-        .map(|e| e.connect_timeout(Duration::from_secs(3)).tcp_nodelay(true))
+        .map(|e| {
+            e.connect_timeout(Duration::from_secs(3))
+                .tcp_nodelay(true)
+                // Notice a dead connection (a network cut, a broker whose
+                // IP changed) in seconds rather than at TCP's timeout.
+                .http2_keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .keep_alive_while_idle(true)
+        })
         .map_err(|e| SdkError::BrokerAddr {
             addr: broker.to_string(),
             reason: e.to_string(),

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Builds the mesh's binaries statically linked on this machine and puts them
+# in deploy/bin/, for the Dockerfile's `prebuilt` target (machines that
+# cannot pull a base image). The binaries need nothing from the image: no
+# libc, no shell; glibc's built-in files/dns lookup resolves service names.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target=$(rustc -vV | sed -n 's/^host: //p')
+bins=(broker orders billing shipping analytics notifications)
+args=()
+for b in "${bins[@]}"; do args+=(-p "$b"); done
+RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked --target "$target" "${args[@]}"
+mkdir -p deploy/bin
+for b in "${bins[@]}"; do
+  cp "target/$target/release/$b" deploy/bin/
+  strip deploy/bin/$b   # debug info is not needed in an image
+done
+echo "static binaries in deploy/bin: ${bins[*]}"

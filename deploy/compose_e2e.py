@@ -1,0 +1,265 @@
+#!/usr/bin/env python3
+"""Compose end-to-end test: runs the real stack with docker-compose and breaks
+it on purpose.
+
+1. build the images (target `prebuilt` unless MESH_BUILD_TARGET says
+   otherwise) and `up -d`; wait until every service is healthy;
+2. place orders with the real grpcurl (the README's command first) and check
+   invoices, shipments, statuses;
+3. stop billing, place orders, start billing: each order billed exactly once;
+4. SIGKILL the broker while orders are being placed, start it again: every
+   acknowledged order completes, none is billed twice, and the services
+   reconnect without being restarted;
+5. disconnect shipping from the network, place orders, reconnect: it
+   catches up;
+6. start analytics and the tutorial consumer, which were never running: they
+   replay history and their totals match;
+7. `down -v` at the end, also after a failure.
+
+Usage: deploy/compose_e2e.py  (needs docker, docker-compose, grpcurl)
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT = os.environ.get("COMPOSE_PROJECT_NAME", "meshe2e")
+# Host ports away from the defaults, so a local demo does not collide.
+PORTS = {"broker": 51051, "orders": 51052, "billing": 51053, "shipping": 51054, "analytics": 51055, "notifications": 51056}
+ENV = dict(os.environ, COMPOSE_PROJECT_NAME=PROJECT)
+ENV.setdefault("MESH_BUILD_TARGET", "prebuilt")
+for name, port in PORTS.items():
+    ENV[f"{name.upper()}_PORT"] = str(port)
+COMPOSE = os.environ.get("COMPOSE", "docker-compose").split()
+DECLINE_OVER = 100_000
+
+
+def log(msg):
+    print(f"[compose-e2e {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def dc(*args, check=True, capture=False, timeout=900):
+    r = subprocess.run(COMPOSE + list(args), cwd=ROOT, env=ENV, text=True, timeout=timeout,
+                       stdout=subprocess.PIPE if capture else None, stderr=subprocess.STDOUT if capture else None)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(COMPOSE + list(args))} failed ({r.returncode}): {r.stdout or ''}")
+    return r.stdout or ""
+
+
+def container(service):
+    return dc("ps", "-q", service, capture=True).strip()
+
+
+def inspect(service, fmt):
+    cid = container(service)
+    return subprocess.run(["docker", "inspect", "-f", fmt, cid], text=True, capture_output=True, check=True).stdout.strip()
+
+
+def grpcurl(service, method, data, timeout=60):
+    cmd = ["grpcurl", "-plaintext", "-max-time", str(timeout), "-d", json.dumps(data), f"localhost:{PORTS[service]}", method]
+    r = subprocess.run(cmd, text=True, capture_output=True, timeout=timeout + 10)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {r.stdout}{r.stderr}")
+    return json.loads(r.stdout or "{}")
+
+
+def eventually(what, f, timeout=120, every=0.5):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            last = f()
+            if last:
+                return last
+        except Exception as e:  # a service restarting, say
+            last = e
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}; last: {last}")
+
+
+def wait_healthy(services):
+    def ok():
+        return all(inspect(s, "{{.State.Health.Status}}") == "healthy" for s in services)
+    eventually(f"{services} healthy", ok, timeout=180)
+    log(f"healthy: {', '.join(services)}")
+
+
+def place(key, customer, amount, timeout=90):
+    return grpcurl("orders", "mesh.orders.v1.Orders/PlaceOrder", {
+        "idempotency_key": key, "customer_id": customer,
+        "items": [{"sku": "sku-1", "quantity": 1, "unit_price": {"currency": "EUR", "amount_minor": amount}}],
+    }, timeout=timeout)
+
+
+def status(order_id):
+    return grpcurl("orders", "mesh.orders.v1.Orders/GetOrder", {"order_id": order_id}).get("status")
+
+
+def all_final(ids):
+    return all(status(i) in ("ORDER_STATUS_SHIPPED", "ORDER_STATUS_CANCELLED") for i in ids)
+
+
+def invoices():
+    return grpcurl("billing", "mesh.billing.v1.Billing/ListInvoices", {}).get("invoices", [])
+
+
+def check_billed_once(orders):
+    inv = invoices()
+    by_order = {}
+    for i in inv:
+        by_order[i["orderId"]] = by_order.get(i["orderId"], 0) + 1
+    missing = [o for o in orders if o not in by_order]
+    assert not missing, f"orders never billed: {missing}"
+    assert all(n == 1 for n in by_order.values()), f"an order billed twice: {by_order}"
+    # The log itself: one payment event per order on the payments topic.
+    out = subprocess.run(["grpcurl", "-plaintext", "-max-time", "5", "-d",
+                          json.dumps({"open": {"topic": "payments", "auto_ack": True, "start": {"earliest": {}}}}),
+                          f"localhost:{PORTS['broker']}", "mesh.broker.v1.Broker/Subscribe"],
+                         text=True, capture_output=True).stdout
+    subjects = re.findall(r'"subject": "(ord-[0-9a-f]+)"', out)
+    counts = {}
+    for s in subjects:
+        counts[s] = counts.get(s, 0) + 1
+    assert all(n == 1 for n in counts.values()), f"a payment event twice in the log: {counts}"
+    assert set(orders) <= set(counts), "a billed order has no payment event"
+
+
+def amount(i):
+    return 250_000 if i % 5 == 4 else 1_000 + i  # every fifth is declined
+
+
+def readme_place_command():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    section = readme.split("### Call the services")[1]
+    block = section.split("```sh\n")[1].split("```")[0]
+    return block.replace("localhost:50052", f"localhost:{PORTS['orders']}")
+
+
+def main():
+    placed = {}  # order id -> amount
+    try:
+        log(f"compose: {dc('version', capture=True).splitlines()[0]}; docker {subprocess.run(['docker', 'version', '-f', '{{.Server.Version}}'], text=True, capture_output=True).stdout.strip()}")
+        dc("build")
+        core = ["broker", "orders", "billing", "shipping"]
+        dc("up", "-d", *core)
+        wait_healthy(core)
+
+        # 2. The README's PlaceOrder, as written (with the port moved).
+        out = subprocess.run(["bash", "-c", readme_place_command()], text=True, capture_output=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+        o = json.loads(out.stdout)
+        placed[o["orderId"]] = 3000
+        for i in range(10):
+            placed[place(f"happy-{i}", f"cust-{i % 3}", amount(i))["orderId"]] = amount(i)
+        eventually("happy orders final", lambda: all_final(placed))
+        for oid, amt in placed.items():
+            want = "ORDER_STATUS_CANCELLED" if amt > DECLINE_OVER else "ORDER_STATUS_SHIPPED"
+            assert status(oid) == want, (oid, status(oid), want)
+            if amt <= DECLINE_OVER:
+                s = grpcurl("shipping", "mesh.shipping.v1.Shipping/GetShipment", {"order_id": oid})
+                assert s["orderId"] == oid
+        check_billed_once(placed)
+        log("happy path ok")
+
+        # 3. Billing down, orders keep coming, billing back.
+        dc("stop", "billing")
+        batch = [place(f"offline-{i}", "cust-off", amount(i))["orderId"] for i in range(10)]
+        placed.update({b: amount(i) for i, b in enumerate(batch)})
+        time.sleep(2)
+        assert all(status(b) == "ORDER_STATUS_PLACED" for b in batch), "billed while billing was down?"
+        dc("start", "billing")
+        wait_healthy(["billing"])
+        eventually("offline orders final", lambda: all_final(batch))
+        check_billed_once(placed)
+        log("billing stop/start ok")
+
+        # 4. SIGKILL the broker while orders are being placed.
+        started = {s: inspect(s, "{{.State.StartedAt}}") for s in ["orders", "billing", "shipping"]}
+        acked, errors = {}, []
+
+        def producer():
+            for i in range(30):
+                key = f"crash-{i}"
+                for _ in range(10):  # retry with the same key: never a second order
+                    try:
+                        acked[place(key, "cust-crash", amount(i))["orderId"]] = amount(i)
+                        break
+                    except Exception as e:
+                        errors.append(str(e)[:200])
+                        time.sleep(1)
+                time.sleep(0.05)
+
+        t = threading.Thread(target=producer)
+        t.start()
+        eventually("some orders before the kill", lambda: len(acked) >= 5, timeout=60, every=0.05)
+        dc("kill", "-s", "SIGKILL", "broker")
+        log(f"broker SIGKILLed after {len(acked)} acknowledged orders")
+        time.sleep(2)
+        dc("start", "broker")
+        wait_healthy(["broker"])
+        t.join(timeout=600)
+        assert not t.is_alive(), "the producer did not finish"
+        assert len(acked) == 30, f"only {len(acked)} of 30 orders acknowledged; errors: {errors[-3:]}"
+        placed.update(acked)
+        eventually("orders placed around the crash final", lambda: all_final(acked), timeout=180)
+        check_billed_once(placed)
+        for s, at in started.items():
+            assert inspect(s, "{{.State.StartedAt}}") == at, f"{s} was restarted"
+        log(f"broker SIGKILL ok ({len(errors)} calls failed while it was down and were retried)")
+
+        # 5. Cut shipping off the network, then reconnect it.
+        net = f"{PROJECT}_default"
+        cid = container("shipping")
+        subprocess.run(["docker", "network", "disconnect", net, cid], check=True)
+        cut = [place(f"cut-{i}", "cust-cut", 2_000 + i)["orderId"] for i in range(5)]
+        placed.update({c: 2_000 + i for i, c in enumerate(cut)})
+        eventually("cut orders paid", lambda: all(status(c) == "ORDER_STATUS_PAID" for c in cut))
+        time.sleep(2)
+        assert all(status(c) == "ORDER_STATUS_PAID" for c in cut), "shipped while shipping was cut off?"
+        subprocess.run(["docker", "network", "connect", "--alias", "shipping", net, cid], check=True)
+        eventually("shipping caught up after reconnect", lambda: all_final(cut), timeout=180)
+        log("network partition of shipping ok")
+
+        # 6. Consumers that were never running replay history.
+        dc("up", "-d", "analytics", "notifications")
+        wait_healthy(["analytics", "notifications"])
+        authorized = {o: a for o, a in placed.items() if a <= DECLINE_OVER}
+
+        def stats_match():
+            s = grpcurl("analytics", "mesh.analytics.v1.Analytics/GetStats", {})
+            return (s.get("caughtUp") and int(s.get("orders", 0)) == len(placed)
+                    and int(s.get("paymentsAuthorized", 0)) == len(authorized)
+                    and int(s.get("shipments", 0)) == len(authorized)
+                    and int(s["revenue"][0]["amountMinor"]) == sum(authorized.values())) and s
+        s = eventually("analytics totals", stats_match)
+        log(f"analytics replayed history: {s['orders']} orders, revenue {s['revenue'][0]}")
+
+        def notified():
+            g = grpcurl("broker", "mesh.broker.v1.Broker/DescribeGroup", {"topic": "shipments", "group": "notifications"})
+            return int(g.get("committedOffset", 0)) == len(authorized)
+        eventually("notifications consumed every shipment", notified)
+        log("late consumers ok")
+        log("PASS")
+        return 0
+    except Exception:
+        for s in PORTS:
+            print(f"==== logs: {s}", flush=True)
+            dc("logs", "--tail", "40", s, check=False)
+        raise
+    finally:
+        dc("down", "-v", "--remove-orphans", check=False)
+        left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={PROJECT}"],
+                              text=True, capture_output=True).stdout.strip()
+        vols = subprocess.run(["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"],
+                              text=True, capture_output=True).stdout.strip()
+        if left or vols:
+            print(f"left behind: containers {left!r} volumes {vols!r}", flush=True)
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
