@@ -325,6 +325,19 @@ impl Writer {
     }
 }
 
+/// Name of the fsync latency histogram (seconds, label `topic`), recorded
+/// through the `metrics` facade: a no-op unless the process installed a
+/// recorder (the broker does when `metrics_listen` is set).
+pub const FSYNC_SECONDS: &str = "mesh_broker_fsync_duration_seconds";
+
+/// `fdatasync` of a segment, timed.
+fn timed_sync(shared: &Shared, seg: &Segment) -> Result<()> {
+    let start = std::time::Instant::now();
+    let r = seg.sync_data();
+    metrics::histogram!(FSYNC_SECONDS, "topic" => shared.name.clone()).record(start.elapsed());
+    r
+}
+
 fn sync_always(shared: Arc<Shared>, rx: std_mpsc::Receiver<SyncJob>) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
@@ -344,7 +357,7 @@ fn sync_always(shared: Arc<Shared>, rx: std_mpsc::Receiver<SyncJob>) {
             continue;
         }
         // Earlier segments of this group were synced when they were sealed.
-        match seg.sync_data() {
+        match timed_sync(&shared, &seg) {
             Ok(()) => {
                 shared.publish(&seg, end, next);
                 answer(pending);
@@ -367,7 +380,7 @@ fn sync_interval(shared: Arc<Shared>, rx: std_mpsc::Receiver<SyncJob>, every: Du
             .last()
             .cloned();
         if let Some(seg) = active
-            && let Err(e) = seg.sync_data()
+            && let Err(e) = timed_sync(&shared, &seg)
         {
             shared.poison(&e);
         }

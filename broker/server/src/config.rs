@@ -28,6 +28,8 @@ fn invalid<T>(key: &'static str, reason: impl Into<String>) -> Result<T, ConfigE
 pub struct BrokerConfig {
     /// Address the gRPC server binds.
     pub listen: String,
+    /// Address of the Prometheus metrics endpoint (HTTP); empty disables it.
+    pub metrics_listen: String,
     pub data_dir: PathBuf,
     /// Create a topic on first publish or subscribe instead of NOT_FOUND.
     pub auto_create_topics: bool,
@@ -112,6 +114,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             listen: "127.0.0.1:50051".into(),
+            metrics_listen: "127.0.0.1:9090".into(),
             data_dir: "./data".into(),
             auto_create_topics: false,
             drain_deadline_ms: 10_000,
@@ -197,6 +200,15 @@ impl BrokerConfig {
             return invalid(
                 "listen",
                 format!("{:?} is not an address like 0.0.0.0:50051", self.listen),
+            );
+        }
+        if !self.metrics_listen.is_empty() && self.metrics_listen.parse::<SocketAddr>().is_err() {
+            return invalid(
+                "metrics_listen",
+                format!(
+                    "{:?} is not an address like 0.0.0.0:9090 (or \"\" to disable metrics)",
+                    self.metrics_listen
+                ),
             );
         }
         if self.data_dir.as_os_str().is_empty() {
@@ -361,5 +373,20 @@ mod tests {
             ..BrokerConfig::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("listen"));
+        let c = BrokerConfig {
+            metrics_listen: "9090".into(),
+            ..BrokerConfig::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("metrics_listen")
+        );
+        let c = BrokerConfig {
+            metrics_listen: String::new(),
+            ..BrokerConfig::default()
+        };
+        c.validate().unwrap();
     }
 }

@@ -242,6 +242,7 @@ pub struct Dispatcher {
     /// To report dead-letter results back to this actor; weak so that the
     /// actor stops when every handle is gone.
     me: mpsc::WeakSender<Cmd>,
+    metrics: crate::metrics::GroupMetrics,
 }
 
 impl Dispatcher {
@@ -286,6 +287,7 @@ impl Dispatcher {
             next_lag: now + BrokerConfig::ms(cfg.delivery.lag_report_interval_ms),
             head: *head_rx.borrow(),
             me: tx.downgrade(),
+            metrics: crate::metrics::GroupMetrics::new(topic, group),
             cfg,
         };
         tokio::spawn(d.run(rx, head_rx));
@@ -338,6 +340,9 @@ impl Dispatcher {
             self.on_timers().await;
         }
         self.commit(true).await;
+        // A deleted group has no lag; a stopped one is measured by
+        // `metrics::refresh_loop` from here on.
+        self.metrics.set_lag(0, Duration::ZERO);
         if let Some(r) = stop_reply {
             let _ = r.send(());
         }
@@ -543,6 +548,7 @@ impl Dispatcher {
 
     fn ack(&mut self, member: u64, off: u64) -> Result<()> {
         self.take_in_flight(member, off)?;
+        self.metrics.acked.increment(1);
         self.complete(off);
         Ok(())
     }
@@ -580,6 +586,7 @@ impl Dispatcher {
 
     fn nack(&mut self, member: u64, off: u64, delay: Duration, reason: &str) -> Result<()> {
         self.take_in_flight(member, off)?;
+        self.metrics.nacked.increment(1);
         self.retry(off, delay, reason);
         Ok(())
     }
@@ -607,6 +614,7 @@ impl Dispatcher {
             return;
         }
         self.redelivered += 1;
+        self.metrics.redelivered.increment(1);
         let at = Instant::now() + delay.max(backoff.unwrap_or_default());
         e.state = State::Delayed(at);
         self.delayed.insert((at, off));
@@ -651,6 +659,7 @@ impl Dispatcher {
         match result {
             Ok(()) => {
                 self.dead_lettered += 1;
+                self.metrics.dead_lettered.increment(1);
                 tracing::warn!(topic = %self.topic, group = %self.group, offset = off, "event dead-lettered after the last delivery attempt");
                 if current {
                     self.complete(off);
@@ -816,6 +825,7 @@ impl Dispatcher {
                     self.leave(id);
                     continue;
                 }
+                self.metrics.delivered.increment(n as u64);
                 if auto_ack {
                     for off in offsets {
                         let _ = self.ack(id, off);
@@ -886,6 +896,11 @@ impl Dispatcher {
         if now >= self.next_lag {
             self.next_lag = now + BrokerConfig::ms(self.cfg.delivery.lag_report_interval_ms);
             let lag = self.lag();
+            let age = lag.oldest_unacked_age.unwrap_or_default();
+            self.metrics.set_lag(
+                lag.events,
+                Duration::new(age.seconds.max(0) as u64, age.nanos.max(0) as u32),
+            );
             for m in self.members.values() {
                 let _ = m.out.try_send(Outbound::Lag(lag));
             }

@@ -13,6 +13,8 @@
 //! - [`admin`]: topic, group and dead-letter administration.
 //! - [`state`]: what all handlers share.
 //! - [`config`]: `broker.toml` plus `BROKER__*` environment overrides.
+//! - [`metrics`]: Prometheus metrics: names, the HTTP endpoint
+//!   (`metrics_listen`), connection and group gauges.
 //! - [`convert`]: timestamps and record-to-event conversion.
 //! - [`error`]: [`BrokerError`] and its mapping to gRPC status codes.
 
@@ -23,6 +25,7 @@ pub mod dispatcher;
 pub mod dlq;
 pub mod error;
 pub mod groups;
+pub mod metrics;
 pub mod publish;
 pub mod server;
 pub mod service;

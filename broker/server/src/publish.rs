@@ -80,6 +80,17 @@ async fn submit(broker: &Broker, req: PublishRequest) -> Result<PendingAppend> {
     Ok(broker.storage.submit(&topic, records).await?)
 }
 
+/// [`submit`], counted and timed for the metrics (receipt to durable).
+async fn submit_metered(broker: &Broker, req: PublishRequest) -> Result<PendingAppend> {
+    let (started, topic) = (std::time::Instant::now(), req.topic.clone());
+    let pending = submit(broker, req).await?;
+    Ok(PendingAppend::new(async move {
+        let r = pending.await;
+        crate::metrics::record_append(&topic, started, &r);
+        r
+    }))
+}
+
 fn response(sequence: u64, r: Result<Vec<mesh_log::Appended>>) -> PublishResponse {
     match r {
         Ok(acks) => PublishResponse {
@@ -107,7 +118,7 @@ pub async fn publish_unary(broker: &Broker, req: PublishRequest) -> Result<Publi
         return Err(BrokerError::ShuttingDown);
     }
     let seq = req.sequence;
-    let pending = submit(broker, req).await?;
+    let pending = submit_metered(broker, req).await?;
     let acks = pending.await?;
     Ok(response(seq, Ok(acks)))
 }
@@ -125,7 +136,7 @@ pub fn publish_stream(
     let max = broker.cfg.limits.max_publish_in_flight;
     let (tx, rx) = mpsc::channel(max.min(1024));
     tokio::spawn(async move {
-        let _slot = slot;
+        let _slot = (slot, crate::metrics::Connected::publisher());
         let in_flight = Arc::new(Semaphore::new(max));
         let mut stopping = broker.stopping.clone();
         let mut shutting_down = false;
@@ -145,7 +156,7 @@ pub fn publish_stream(
                 Ok(None) | Err(_) => break,
             };
             let seq = req.sequence;
-            match submit(&broker, req).await {
+            match submit_metered(&broker, req).await {
                 Err(e) => {
                     let _ = tx.send(Ok(response(seq, Err(e)))).await;
                 }

@@ -25,6 +25,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     cfg.validate()?;
+    // Before the storage opens, so its fsyncs are measured from the start.
+    crate::metrics::install(&cfg.metrics_listen)?;
     let cfg = Arc::new(cfg);
     let (dir, log_cfg) = (cfg.data_dir.clone(), cfg.log_config());
     let storage = tokio::task::spawn_blocking(move || LocalStorage::open(&dir, log_cfg))
@@ -47,6 +49,12 @@ pub async fn run(
         cfg.clone(),
         stop_rx.clone(),
     ));
+    let metrics_refresh = (!cfg.metrics_listen.is_empty()).then(|| {
+        tokio::spawn(crate::metrics::refresh_loop(
+            broker.clone(),
+            stop_rx.clone(),
+        ))
+    });
 
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<BrokerServer<BrokerService>>().await;
@@ -104,6 +112,9 @@ pub async fn run(
         _ = deadline => tracing::warn!(deadline_ms = drain.as_millis() as u64, "drain deadline passed; closing the remaining connections"),
     }
     retention.abort();
+    if let Some(m) = metrics_refresh {
+        m.abort();
+    }
     let groups = broker.groups.take(None);
     let flush = async {
         for g in groups {

@@ -173,7 +173,7 @@ pub async fn subscribe(
     if open.group.is_empty() {
         let start = resolve_start(&broker, &open.topic, open.start).await?;
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slot = (slot, crate::metrics::Connected::subscriber());
             tail(broker, open, start, inbound, tx).await;
         });
     } else {
@@ -205,7 +205,7 @@ pub async fn subscribe(
             })))
             .await;
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slot = (slot, crate::metrics::Connected::subscriber());
             let member = joined.member_id;
             group_session(&broker, &handle, member, open.auto_ack, inbound, out_rx, tx).await;
             let _ = handle.send(Cmd::Leave(member)).await;

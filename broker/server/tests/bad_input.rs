@@ -862,6 +862,7 @@ fn bad_configuration_stops_the_binary_with_status_2_naming_the_key() {
         ),
         ("BROKER__LIMITS__MAX_CREDIT", "-1", "limits.max_credit"),
         ("BROKER__LISTEN", "nowhere", "listen"),
+        ("BROKER__METRICS_LISTEN", "9090", "metrics_listen"),
         ("BROKER__LOG_FORMAT", "xml", "log_format"),
         ("BROKER__STORAGE__NO_SUCH_KEY", "1", "no_such_key"),
     ];

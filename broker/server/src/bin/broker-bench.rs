@@ -335,6 +335,8 @@ impl RunningBroker {
         let dir = RunDir::new(&args.dir, label)?;
         let mut cfg = BrokerConfig {
             listen: "127.0.0.1:0".into(),
+            // Several brokers start one after another; no fixed port.
+            metrics_listen: String::new(),
             data_dir: dir.0.clone(),
             ..Default::default()
         };

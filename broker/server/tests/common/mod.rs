@@ -30,6 +30,8 @@ pub type Client = BrokerClient<Channel>;
 pub fn test_config(dir: &Path) -> BrokerConfig {
     let mut c = BrokerConfig {
         listen: "127.0.0.1:0".into(),
+        // Many brokers run at once; tests/metrics.rs turns this on.
+        metrics_listen: String::new(),
         data_dir: dir.to_path_buf(),
         ..BrokerConfig::default()
     };
@@ -123,6 +125,8 @@ impl BrokerProcess {
     pub fn spawn(dir: &Path, env: &[(&str, &str)]) -> BrokerProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_broker"));
         cmd.env("BROKER__LISTEN", "127.0.0.1:0")
+            // Off unless `env` sets it: many brokers run at once.
+            .env("BROKER__METRICS_LISTEN", "")
             .env("BROKER__DATA_DIR", dir)
             .env("BROKER__DELIVERY__ACK_DEADLINE_MS", "1000")
             .env("BROKER__DELIVERY__COMMIT_INTERVAL_MS", "20")

@@ -1,0 +1,262 @@
+//! Prometheus metrics: the metric names, the process-wide recorder with its
+//! HTTP endpoint (`metrics_listen`, served by `metrics-exporter-prometheus`),
+//! and the gauges refreshed on a timer (bytes on disk, lag of groups that
+//! have no running dispatcher).
+//!
+//! Everything is recorded through the `metrics` facade, which is a no-op
+//! until a recorder is installed, so a broker with `metrics_listen = ""`
+//! pays next to nothing. The README's "Metrics" section lists every metric.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use metrics::{
+    Counter, Gauge, Unit, counter, describe_counter, describe_gauge, describe_histogram,
+};
+use metrics_exporter_prometheus::PrometheusBuilder;
+use tokio::sync::watch;
+
+use crate::{
+    config::{BrokerConfig, ConfigError},
+    convert,
+    error::{BrokerError, Result},
+    state::Broker,
+};
+
+pub const PUBLISHED: &str = "mesh_broker_events_published_total";
+pub const DUPLICATES: &str = "mesh_broker_events_duplicate_total";
+pub const DELIVERED: &str = "mesh_broker_events_delivered_total";
+pub const ACKED: &str = "mesh_broker_events_acked_total";
+pub const NACKED: &str = "mesh_broker_events_nacked_total";
+pub const REDELIVERED: &str = "mesh_broker_events_redelivered_total";
+pub const DEAD_LETTERED: &str = "mesh_broker_events_dead_lettered_total";
+pub const LAG: &str = "mesh_broker_group_lag_events";
+pub const OLDEST_UNACKED: &str = "mesh_broker_group_oldest_unacked_age_seconds";
+pub const APPEND_SECONDS: &str = "mesh_broker_append_duration_seconds";
+pub const FSYNC_SECONDS: &str = mesh_log::writer::FSYNC_SECONDS;
+pub const TOPIC_BYTES: &str = "mesh_broker_topic_bytes";
+pub const PUBLISHERS: &str = "mesh_broker_connected_publishers";
+pub const SUBSCRIBERS: &str = "mesh_broker_connected_subscribers";
+
+/// Histogram buckets (seconds) for append and fsync latency: 100 µs to 10 s.
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// The endpoint this process serves, once one is installed.
+static INSTALLED: Mutex<Option<SocketAddr>> = Mutex::new(None);
+
+fn listen_err(listen: &str, reason: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Config(ConfigError::Invalid {
+        key: "metrics_listen",
+        reason: format!("cannot serve metrics on {listen}: {reason}"),
+    })
+}
+
+/// Installs the process-wide Prometheus recorder and serves it on
+/// `listen` (`GET /metrics`, or any path). Empty `listen` does nothing.
+/// The recorder is global, so a second broker in the same process (tests)
+/// records into the endpoint of the first one.
+pub fn install(listen: &str) -> Result<()> {
+    if listen.is_empty() {
+        return Ok(());
+    }
+    let addr: SocketAddr = listen.parse().map_err(|e| listen_err(listen, e))?;
+    let mut installed = INSTALLED.lock().expect("metrics lock");
+    if let Some(running) = *installed {
+        tracing::warn!(%running, requested = %addr, "metrics are already served by this process; recording there");
+        return Ok(());
+    }
+    let (recorder, exporter) = PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets(&LATENCY_BUCKETS)
+        .map_err(|e| listen_err(listen, e))?
+        .build()
+        .map_err(|e| listen_err(listen, e))?;
+    metrics::set_global_recorder(recorder).map_err(|e| listen_err(listen, e))?;
+    tokio::spawn(async move {
+        if let Err(e) = exporter.await {
+            tracing::error!(error = ?e, "the metrics endpoint stopped");
+        }
+    });
+    *installed = Some(addr);
+    describe();
+    // Present from the start, not only after the first connection.
+    metrics::gauge!(PUBLISHERS).set(0.0);
+    metrics::gauge!(SUBSCRIBERS).set(0.0);
+    tracing::info!(%addr, "serving Prometheus metrics");
+    Ok(())
+}
+
+fn describe() {
+    describe_counter!(
+        PUBLISHED,
+        Unit::Count,
+        "Events stored by Publish, per topic."
+    );
+    describe_counter!(
+        DUPLICATES,
+        Unit::Count,
+        "Published events dropped as duplicates of an id in the dedupe window, per topic."
+    );
+    describe_counter!(
+        DELIVERED,
+        Unit::Count,
+        "Deliveries to group members (redeliveries included), per topic and group."
+    );
+    describe_counter!(ACKED, Unit::Count, "Events acked, per topic and group.");
+    describe_counter!(NACKED, Unit::Count, "Events nacked, per topic and group.");
+    describe_counter!(
+        REDELIVERED,
+        Unit::Count,
+        "Events scheduled for another delivery after a nack or a missed ack deadline, per topic and group."
+    );
+    describe_counter!(
+        DEAD_LETTERED,
+        Unit::Count,
+        "Events moved to the dead-letter topic, per topic and group."
+    );
+    describe_gauge!(
+        LAG,
+        Unit::Count,
+        "Events between the group's position and the topic's head, per topic and group."
+    );
+    describe_gauge!(
+        OLDEST_UNACKED,
+        Unit::Seconds,
+        "Age of the oldest event the group has not finished, per topic and group."
+    );
+    describe_histogram!(
+        APPEND_SECONDS,
+        Unit::Seconds,
+        "Publish request latency from receipt to durable (fsynced with fsync = always), per topic."
+    );
+    describe_histogram!(
+        FSYNC_SECONDS,
+        Unit::Seconds,
+        "Latency of one fdatasync of a topic's log (one per group commit), per topic."
+    );
+    describe_gauge!(
+        TOPIC_BYTES,
+        Unit::Bytes,
+        "Bytes of the topic's segments on disk, per topic."
+    );
+    describe_gauge!(PUBLISHERS, Unit::Count, "Open Publish streams.");
+    describe_gauge!(SUBSCRIBERS, Unit::Count, "Open Subscribe streams.");
+}
+
+/// Counts one publish request's outcome.
+pub fn record_append(
+    topic: &str,
+    started: std::time::Instant,
+    r: &mesh_log::Result<Vec<mesh_log::Appended>>,
+) {
+    let Ok(acks) = r else { return };
+    let topic = topic.to_string();
+    metrics::histogram!(APPEND_SECONDS, "topic" => topic.clone()).record(started.elapsed());
+    let dup = acks.iter().filter(|a| a.duplicate).count() as u64;
+    counter!(PUBLISHED, "topic" => topic.clone()).increment(acks.len() as u64 - dup);
+    if dup > 0 {
+        counter!(DUPLICATES, "topic" => topic).increment(dup);
+    }
+}
+
+/// Keeps the gauge of open publish or subscribe streams: +1 now, -1 on drop.
+pub struct Connected(Gauge);
+
+impl Connected {
+    pub fn publisher() -> Self {
+        Self::new(PUBLISHERS)
+    }
+
+    pub fn subscriber() -> Self {
+        Self::new(SUBSCRIBERS)
+    }
+
+    fn new(name: &'static str) -> Self {
+        let g = metrics::gauge!(name);
+        g.increment(1.0);
+        Connected(g)
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// One group's metrics, resolved once when its dispatcher starts.
+pub struct GroupMetrics {
+    pub delivered: Counter,
+    pub acked: Counter,
+    pub nacked: Counter,
+    pub redelivered: Counter,
+    pub dead_lettered: Counter,
+    pub lag: Gauge,
+    pub oldest_unacked: Gauge,
+}
+
+impl GroupMetrics {
+    pub fn new(topic: &str, group: &str) -> Self {
+        let l = [("topic", topic.to_string()), ("group", group.to_string())];
+        GroupMetrics {
+            delivered: counter!(DELIVERED, &l),
+            acked: counter!(ACKED, &l),
+            nacked: counter!(NACKED, &l),
+            redelivered: counter!(REDELIVERED, &l),
+            dead_lettered: counter!(DEAD_LETTERED, &l),
+            lag: metrics::gauge!(LAG, &l),
+            oldest_unacked: metrics::gauge!(OLDEST_UNACKED, &l),
+        }
+    }
+
+    pub fn set_lag(&self, events: u64, oldest_unacked: Duration) {
+        self.lag.set(events as f64);
+        self.oldest_unacked.set(oldest_unacked.as_secs_f64());
+    }
+}
+
+/// Every `delivery.lag_report_interval_ms` until shutdown: bytes on disk
+/// per topic, and lag of the groups no dispatcher is running for (after a
+/// restart, before their first member joins; running dispatchers set their
+/// own on the same timer).
+pub async fn refresh_loop(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
+    let every = BrokerConfig::ms(broker.cfg.delivery.lag_report_interval_ms);
+    loop {
+        for t in broker.storage.topics() {
+            metrics::gauge!(TOPIC_BYTES, "topic" => t.name.clone()).set(t.bytes as f64);
+            let Ok(groups) = broker.storage.groups(&t.name) else {
+                continue;
+            };
+            for g in groups {
+                if broker.groups.get(&t.name, &g.group).is_some() {
+                    continue;
+                }
+                let age =
+                    if g.lag == 0 {
+                        Duration::ZERO
+                    } else {
+                        let pos = g.committed.max(t.earliest);
+                        match broker.storage.read(&t.name, pos, 1, 1 << 20).await {
+                            Ok(r) => r.first().map_or(Duration::ZERO, |r| {
+                                Duration::from_micros(
+                                    (convert::now_us() - r.timestamp_us).max(0) as u64
+                                )
+                            }),
+                            Err(_) => Duration::ZERO,
+                        }
+                    };
+                GroupMetrics::new(&t.name, &g.group).set_lag(g.lag, age);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = crate::state::stopped(&mut stop) => return,
+        }
+    }
+}
