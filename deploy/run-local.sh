@@ -6,11 +6,15 @@
 #   deploy/run-local.sh                 # ports 50051 (broker) .. 50056
 #   MESH_BASE_PORT=60051 deploy/run-local.sh
 #
+# Prometheus metrics are served on 9090 (broker) .. 9095 (notifications),
+# or from MESH_METRICS_BASE_PORT on: curl localhost:9090/metrics
+#
 # MESH_BIN_DIR skips the build and uses binaries from that directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 base=${MESH_BASE_PORT:-50051}
+mbase=${MESH_METRICS_BASE_PORT:-9090}
 data=${MESH_DATA:-./data/local}
 bin=${MESH_BIN_DIR:-}
 if [ -z "$bin" ]; then
@@ -43,15 +47,19 @@ wait_healthy() { # name, port
 }
 
 broker="http://127.0.0.1:$base"
-start broker BROKER__LISTEN="127.0.0.1:$base" BROKER__DATA_DIR="$data/broker"
+start broker BROKER__LISTEN="127.0.0.1:$base" BROKER__DATA_DIR="$data/broker" \
+  BROKER__METRICS_LISTEN="127.0.0.1:$mbase"
 wait_healthy broker "$base"
 port=$base
+mport=$mbase
 for svc in orders billing shipping analytics notifications; do
   port=$((port + 1))
+  mport=$((mport + 1))
   up=$(echo "$svc" | tr '[:lower:]' '[:upper:]')
-  start "$svc" "${up}__LISTEN=127.0.0.1:$port" "${up}__BROKER=$broker"
+  start "$svc" "${up}__LISTEN=127.0.0.1:$port" "${up}__BROKER=$broker" \
+    "${up}__METRICS_LISTEN=127.0.0.1:$mport"
   wait_healthy "$svc" "$port"
 done
 
-echo "mesh running: broker 127.0.0.1:$base, orders :$((base + 1)), billing :$((base + 2)), shipping :$((base + 3)), analytics :$((base + 4)), notifications :$((base + 5)); logs in $data/logs; Ctrl-C stops"
+echo "mesh running: broker 127.0.0.1:$base, orders :$((base + 1)), billing :$((base + 2)), shipping :$((base + 3)), analytics :$((base + 4)), notifications :$((base + 5)); metrics on :$mbase..:$((mbase + 5)); logs in $data/logs; Ctrl-C stops"
 wait

@@ -3,7 +3,7 @@
 use mesh_sdk::{
     SdkError,
     app::ServiceConfig,
-    config::{Validate, check_broker, check_listen, check_log_format},
+    config::{Validate, check_broker, check_listen, check_log_format, check_metrics_listen},
 };
 use serde::Deserialize;
 
@@ -15,6 +15,8 @@ pub struct Config {
     /// The broker, the only other address this service knows.
     pub broker: String,
     pub log_format: String,
+    /// Prometheus metrics over HTTP; empty disables them.
+    pub metrics_listen: String,
 }
 
 impl Default for Config {
@@ -23,6 +25,7 @@ impl Default for Config {
             listen: "127.0.0.1:50055".into(),
             broker: "http://127.0.0.1:50051".into(),
             log_format: "text".into(),
+            metrics_listen: "127.0.0.1:9094".into(),
         }
     }
 }
@@ -31,7 +34,8 @@ impl Validate for Config {
     fn validate(&self) -> Result<(), SdkError> {
         check_listen("listen", &self.listen)?;
         check_broker("broker", &self.broker)?;
-        check_log_format("log_format", &self.log_format)
+        check_log_format("log_format", &self.log_format)?;
+        check_metrics_listen("metrics_listen", &self.metrics_listen)
     }
 }
 
@@ -41,5 +45,8 @@ impl ServiceConfig for Config {
     }
     fn log_format(&self) -> &str {
         &self.log_format
+    }
+    fn metrics_listen(&self) -> &str {
+        &self.metrics_listen
     }
 }

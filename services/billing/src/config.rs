@@ -3,7 +3,7 @@
 use mesh_sdk::{
     SdkError,
     app::ServiceConfig,
-    config::{Validate, check_broker, check_listen, check_log_format},
+    config::{Validate, check_broker, check_listen, check_log_format, check_metrics_listen},
 };
 use serde::Deserialize;
 
@@ -15,6 +15,8 @@ pub struct Config {
     /// The broker, the only other address this service knows.
     pub broker: String,
     pub log_format: String,
+    /// Prometheus metrics over HTTP; empty disables them.
+    pub metrics_listen: String,
     /// Payments for orders whose total (in minor units) exceeds this are
     /// declined: the simulated, deterministic payment rule.
     pub decline_over_minor: i64,
@@ -26,6 +28,7 @@ impl Default for Config {
             listen: "127.0.0.1:50053".into(),
             broker: "http://127.0.0.1:50051".into(),
             log_format: "text".into(),
+            metrics_listen: "127.0.0.1:9092".into(),
             decline_over_minor: 100_000,
         }
     }
@@ -36,6 +39,7 @@ impl Validate for Config {
         check_listen("listen", &self.listen)?;
         check_broker("broker", &self.broker)?;
         check_log_format("log_format", &self.log_format)?;
+        check_metrics_listen("metrics_listen", &self.metrics_listen)?;
         if self.decline_over_minor < 0 {
             return Err(mesh_sdk::error::config_err(
                 "decline_over_minor",
@@ -52,5 +56,8 @@ impl ServiceConfig for Config {
     }
     fn log_format(&self) -> &str {
         &self.log_format
+    }
+    fn metrics_listen(&self) -> &str {
+        &self.metrics_listen
     }
 }

@@ -12,8 +12,9 @@ use std::{
 
 use common::bin_dir;
 
-fn free_block(n: u16) -> u16 {
-    for base in (21000..60000).step_by(97) {
+/// `n` consecutive free ports, the first at or above `from`.
+fn free_block(n: u16, from: u16) -> u16 {
+    for base in (from..60000).step_by(97) {
         if (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
         }
@@ -64,11 +65,29 @@ fn grpcurl(block: &str, base: u16) -> String {
     text
 }
 
+/// The body of `GET path` on 127.0.0.1:port (HTTP/1.1, connection close).
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
 #[test]
 fn run_local_script_and_readme_service_commands() {
     let bins = bin_dir();
     let dir = tempfile::tempdir().unwrap();
-    let base = free_block(6);
+    let base = free_block(6, 21000);
+    let mbase = free_block(6, base + 6);
     let mut child = Command::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../deploy/run-local.sh"
@@ -76,6 +95,7 @@ fn run_local_script_and_readme_service_commands() {
     .env("MESH_BIN_DIR", bins)
     .env("MESH_DATA", dir.path())
     .env("MESH_BASE_PORT", base.to_string())
+    .env("MESH_METRICS_BASE_PORT", mbase.to_string())
     .stdout(Stdio::piped())
     .spawn()
     .unwrap();
@@ -106,6 +126,16 @@ fn run_local_script_and_readme_service_commands() {
     for b in &blocks[2..] {
         grpcurl(b, base);
     }
+    // Every process serves Prometheus metrics; billing handled the order.
+    for i in 0..6 {
+        let body = http_get(mbase + i, "/metrics");
+        assert!(body.contains("# TYPE "), "port {}: {body}", mbase + i);
+    }
+    let billing = http_get(mbase + 2, "/metrics");
+    assert!(
+        billing.contains("mesh_service_events_handled_total{topic=\"orders\",group=\"billing\"}"),
+        "{billing}"
+    );
 
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -128,11 +158,10 @@ fn run_local_script_and_readme_service_commands() {
     }
     // Every process it started is gone: the ports are free again.
     std::thread::sleep(Duration::from_millis(300));
-    for i in 0..6 {
+    for p in (0..6).flat_map(|i| [base + i, mbase + i]) {
         assert!(
-            std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok(),
-            "port {} still in use",
-            base + i
+            std::net::TcpListener::bind(("127.0.0.1", p)).is_ok(),
+            "port {p} still in use"
         );
     }
 }

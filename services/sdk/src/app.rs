@@ -13,6 +13,8 @@ use crate::{SdkError, config::Validate};
 pub trait ServiceConfig: DeserializeOwned + Validate {
     fn listen(&self) -> &str;
     fn log_format(&self) -> &str;
+    /// Where to serve Prometheus metrics; empty disables them.
+    fn metrics_listen(&self) -> &str;
 }
 
 /// Runs a service binary. `prefix` names its environment overrides
@@ -65,6 +67,10 @@ where
                 return ExitCode::FAILURE;
             }
         };
+        if let Err(e) = crate::metrics::install(cfg.metrics_listen()) {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
         if let Ok(addr) = listener.local_addr() {
             // A line for scripts and tests that bind port 0.
             println!("listening on {addr}");

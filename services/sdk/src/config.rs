@@ -67,6 +67,19 @@ pub fn check_broker(key: &str, v: &str) -> Result<(), SdkError> {
         .map_err(|e| config_err(key, e.to_string()))
 }
 
+/// An address for the metrics endpoint, or empty to disable it.
+pub fn check_metrics_listen(key: &str, v: &str) -> Result<(), SdkError> {
+    if v.is_empty() {
+        return Ok(());
+    }
+    v.parse::<std::net::SocketAddr>().map(|_| ()).map_err(|_| {
+        config_err(
+            key,
+            format!("{v:?} is not an address like 0.0.0.0:9091 (or \"\" to disable metrics)"),
+        )
+    })
+}
+
 pub fn check_log_format(key: &str, v: &str) -> Result<(), SdkError> {
     match v {
         "text" | "json" => Ok(()),
@@ -75,14 +88,17 @@ pub fn check_log_format(key: &str, v: &str) -> Result<(), SdkError> {
 }
 
 /// The settings most consumers need and no more: where to listen, where
-/// the broker is, how to log. Env overrides: `PREFIX__LISTEN`,
-/// `PREFIX__BROKER`, `PREFIX__LOG_FORMAT`.
+/// the broker is, how to log, where to serve metrics. Env overrides:
+/// `PREFIX__LISTEN`, `PREFIX__BROKER`, `PREFIX__LOG_FORMAT`,
+/// `PREFIX__METRICS_LISTEN`.
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BasicConfig {
     pub listen: String,
     pub broker: String,
     pub log_format: String,
+    /// Prometheus metrics over HTTP; empty disables them.
+    pub metrics_listen: String,
 }
 
 impl Default for BasicConfig {
@@ -91,6 +107,7 @@ impl Default for BasicConfig {
             listen: "127.0.0.1:50060".into(),
             broker: "http://127.0.0.1:50051".into(),
             log_format: "text".into(),
+            metrics_listen: "127.0.0.1:9095".into(),
         }
     }
 }
@@ -99,7 +116,8 @@ impl Validate for BasicConfig {
     fn validate(&self) -> Result<(), SdkError> {
         check_listen("listen", &self.listen)?;
         check_broker("broker", &self.broker)?;
-        check_log_format("log_format", &self.log_format)
+        check_log_format("log_format", &self.log_format)?;
+        check_metrics_listen("metrics_listen", &self.metrics_listen)
     }
 }
 
@@ -109,5 +127,8 @@ impl crate::app::ServiceConfig for BasicConfig {
     }
     fn log_format(&self) -> &str {
         &self.log_format
+    }
+    fn metrics_listen(&self) -> &str {
+        &self.metrics_listen
     }
 }

@@ -160,6 +160,10 @@ impl Consumer {
             .subscribe(ReceiverStream::new(rx))
             .await?
             .into_inner();
+        let metered = Arc::new(crate::metrics::HandlerMetrics::new(
+            &self.topic,
+            &self.group,
+        ));
         loop {
             let msg = tokio::select! {
                 m = stream.message() => m?,
@@ -185,9 +189,11 @@ impl Consumer {
                             .acquire_owned()
                             .await
                             .expect("semaphore is never closed");
+                        let metered = metered.clone();
                         let (h, tx) = (handler.clone(), tx.clone());
                         tokio::spawn(async move {
                             let offset = d.offset;
+                            let started = std::time::Instant::now();
                             let req = match h(d).await {
                                 Ok(()) => Request::Ack(pb::Ack {
                                     offsets: vec![offset],
@@ -204,6 +210,7 @@ impl Consumer {
                                     })
                                 }
                             };
+                            metered.done(matches!(req, Request::Ack(_)), started);
                             // If the stream is gone the event comes back later.
                             let _ = tx.send(pb::SubscribeRequest { request: Some(req) }).await;
                             drop(permit);

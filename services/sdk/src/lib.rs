@@ -15,6 +15,8 @@
 //! - [`events`]: typed events in the envelope, [`Delivered`],
 //!   [`HandlerError`], [`derive_id`].
 //! - [`app`]: a service's whole `main`.
+//! - [`metrics`]: Prometheus metrics (events handled and failed, handler
+//!   latency) and their HTTP endpoint.
 //! - [`backoff`]: exponential backoff with jitter.
 //! - [`error`]: [`SdkError`], the one error type.
 
@@ -24,6 +26,7 @@ pub mod config;
 pub mod consumer;
 pub mod error;
 pub mod events;
+pub mod metrics;
 pub mod producer;
 pub mod server;
 pub mod tail;

@@ -33,6 +33,7 @@ pub async fn tail(
     mut f: impl FnMut(TailEvent) -> bool,
 ) -> Result<u64, SdkError> {
     let ep = endpoint(broker)?;
+    let metered = crate::metrics::HandlerMetrics::new(topic, "");
     let mut next = from;
     let mut backoff = Backoff::default();
     loop {
@@ -65,7 +66,10 @@ pub async fn tail(
                     Some(Response::Deliveries(ds)) => {
                         for d in ds.deliveries.into_iter().filter_map(delivered) {
                             next = d.offset + 1;
-                            if !f(TailEvent::Event(Box::new(d))) {
+                            let started = std::time::Instant::now();
+                            let more = f(TailEvent::Event(Box::new(d)));
+                            metered.done(true, started);
+                            if !more {
                                 return Ok::<bool, SdkError>(true);
                             }
                         }

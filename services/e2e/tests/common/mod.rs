@@ -70,7 +70,10 @@ impl Proc {
         cmd.current_dir(dir)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr));
+            .stderr(Stdio::from(stderr))
+            // Metrics off unless `env` sets them: many meshes run at once,
+            // and the default ports are fixed.
+            .env(format!("{}__METRICS_LISTEN", bin.to_uppercase()), "");
         for (k, v) in env {
             cmd.env(k, v);
         }

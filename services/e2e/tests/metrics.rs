@@ -1,0 +1,183 @@
+//! Prometheus metrics of the services, scraped over real HTTP from the
+//! processes: billing counts every event it handled, and its counts agree
+//! with the broker's.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use common::*;
+use mesh_proto::orders::v1::{GetOrderRequest, OrderStatus};
+
+/// One sample of the exposition text: name, labels, value.
+type Sample = (String, BTreeMap<String, String>, f64);
+
+/// `GET /metrics` with a minimal HTTP/1.1 client; the parsed samples.
+fn scrape(addr: SocketAddr) -> std::io::Result<Vec<Sample>> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP response: {text:?}")))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!("status: {head}")));
+    }
+    let mut out = Vec::new();
+    for line in body.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("sample line");
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_string(), BTreeMap::new()),
+            Some((name, rest)) => (
+                name.to_string(),
+                rest.trim_end_matches('}')
+                    .split(',')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+                    .collect(),
+            ),
+        };
+        out.push((name, labels, value.parse().expect("sample value")));
+    }
+    Ok(out)
+}
+
+/// The sample of `name` with these labels (and maybe more); 0 if absent.
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .find(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map_or(0.0, |s| s.2)
+}
+
+fn free_addr() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn billing_counts_every_event_it_handled_and_agrees_with_the_broker() {
+    let mut m = Mesh::without_broker();
+    let (broker_metrics, billing_metrics) = (free_addr(), free_addr());
+    let env = |kv: &[(&str, String)]| -> Vec<(String, String)> {
+        kv.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    };
+    m.broker = Some(Proc::spawn(
+        "broker",
+        "broker",
+        m.dir.path(),
+        &env(&[
+            ("BROKER__LISTEN", format!("127.0.0.1:{}", m.broker_port)),
+            (
+                "BROKER__DATA_DIR",
+                m.dir.path().join("broker").display().to_string(),
+            ),
+            ("BROKER__METRICS_LISTEN", broker_metrics.to_string()),
+            ("BROKER__DELIVERY__LAG_REPORT_INTERVAL_MS", "100".into()),
+        ]),
+    ));
+    m.start("orders");
+    m.start("shipping");
+    let billing = Proc::spawn(
+        "billing",
+        "billing",
+        m.dir.path(),
+        &env(&[
+            ("BILLING__LISTEN", "127.0.0.1:0".into()),
+            ("BILLING__BROKER", m.broker_url()),
+            ("BILLING__METRICS_LISTEN", billing_metrics.to_string()),
+        ]),
+    );
+    m.services.insert("billing".into(), billing);
+
+    // Nothing handled yet: the endpoint is up and the counter absent or 0.
+    let s = scrape(billing_metrics).unwrap();
+    let ob = [("topic", "orders"), ("group", "billing")];
+    assert_eq!(value(&s, "mesh_service_events_handled_total", &ob), 0.0);
+
+    // Four orders, one of them declined; each reaches its final status.
+    let mut c = m.orders().await;
+    let mut ids = Vec::new();
+    for (i, amount) in [1_000, 2_000, 250_000, 3_000].into_iter().enumerate() {
+        let o = c
+            .place_order(order(&format!("m-{i}"), "alice", amount))
+            .await
+            .unwrap();
+        ids.push(o.into_inner().order_id);
+    }
+    let settled = eventually(Duration::from_secs(60), || {
+        let (mut c, ids) = (c.clone(), ids.clone());
+        async move {
+            for id in ids {
+                let st = c
+                    .get_order(GetOrderRequest { order_id: id })
+                    .await
+                    .map(|r| r.into_inner().status());
+                if !matches!(st, Ok(OrderStatus::Shipped | OrderStatus::Cancelled)) {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    assert!(settled, "orders did not settle:\n{}", m.logs());
+
+    // Billing has then seen every event of the `orders` topic: 4 placed,
+    // and the status changes (PAID/SHIPPED, CANCELLED).
+    let in_log = log_events(&m.broker_url(), "orders").await.len() as f64;
+    assert!(in_log >= 4.0 + 4.0, "{in_log} events in `orders`");
+    let mut last = (Vec::new(), Vec::new());
+    let done = eventually(Duration::from_secs(30), || {
+        let s = (
+            scrape(billing_metrics).unwrap_or_default(),
+            scrape(broker_metrics).unwrap_or_default(),
+        );
+        let ok = value(&s.0, "mesh_service_events_handled_total", &ob) >= in_log
+            && value(&s.1, "mesh_broker_group_lag_events", &ob) == 0.0
+            && value(&s.1, "mesh_broker_events_acked_total", &ob) >= in_log;
+        last = s;
+        async move { ok }
+    })
+    .await;
+    let (svc, brk) = last;
+    let handled = value(&svc, "mesh_service_events_handled_total", &ob);
+    assert!(done, "billing handled {handled} of {in_log} events");
+    assert_eq!(value(&svc, "mesh_service_events_failed_total", &ob), 0.0);
+    assert_eq!(
+        value(&svc, "mesh_service_handler_duration_seconds_count", &ob),
+        handled
+    );
+    // Every delivery the broker made to the group was handled once.
+    assert_eq!(
+        value(&brk, "mesh_broker_events_delivered_total", &ob),
+        handled
+    );
+    assert_eq!(
+        value(
+            &brk,
+            "mesh_broker_events_published_total",
+            &[("topic", "orders")]
+        ),
+        in_log
+    );
+    if value(&brk, "mesh_broker_events_redelivered_total", &ob) == 0.0 {
+        // The usual case, without a missed ack deadline: exactly once each.
+        assert_eq!(handled, in_log);
+        assert_eq!(value(&brk, "mesh_broker_events_acked_total", &ob), in_log);
+    }
+}
