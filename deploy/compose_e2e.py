@@ -5,7 +5,8 @@ it on purpose.
 1. build the images (target `prebuilt` unless MESH_BUILD_TARGET says
    otherwise) and `up -d`; wait until every service is healthy;
 2. place orders with the real grpcurl (the README's command first) and check
-   invoices, shipments, statuses;
+   invoices, shipments, statuses; scrape the broker's and billing's
+   Prometheus metrics on their published ports;
 3. stop billing, place orders, start billing: each order billed exactly once;
 4. SIGKILL the broker while orders are being placed, start it again: every
    acknowledged order completes, none is billed twice, and the services
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROJECT = os.environ.get("COMPOSE_PROJECT_NAME", "meshe2e")
@@ -34,6 +36,10 @@ ENV = dict(os.environ, COMPOSE_PROJECT_NAME=PROJECT)
 ENV.setdefault("MESH_BUILD_TARGET", "prebuilt")
 for name, port in PORTS.items():
     ENV[f"{name.upper()}_PORT"] = str(port)
+# Prometheus metrics: 51090 (broker) .. 51095.
+METRICS = {name: 51090 + i for i, name in enumerate(PORTS)}
+for name, port in METRICS.items():
+    ENV[f"{name.upper()}_METRICS_PORT"] = str(port)
 COMPOSE = os.environ.get("COMPOSE", "docker-compose").split()
 DECLINE_OVER = 100_000
 
@@ -128,6 +134,18 @@ def check_billed_once(orders):
     assert set(orders) <= set(counts), "a billed order has no payment event"
 
 
+def metric(service, name, labels):
+    """One sample from the service's /metrics on its host port (0 if absent)."""
+    url = f"http://127.0.0.1:{METRICS[service]}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    series = name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def amount(i):
     return 250_000 if i % 5 == 4 else 1_000 + i  # every fifth is declined
 
@@ -164,6 +182,15 @@ def main():
                 assert s["orderId"] == oid
         check_billed_once(placed)
         log("happy path ok")
+
+        # Prometheus metrics on the published host ports.
+        ob = {"topic": "orders", "group": "billing"}
+        eventually("metrics of the happy path", lambda:
+                   metric("broker", "mesh_broker_events_published_total", {"topic": "orders"}) >= 2 * len(placed)
+                   and metric("broker", "mesh_broker_events_acked_total", ob) >= 2 * len(placed)
+                   and metric("billing", "mesh_service_events_handled_total", ob) >= 2 * len(placed)
+                   and metric("broker", "mesh_broker_group_lag_events", ob) == 0, timeout=60)
+        log("metrics ok")
 
         # 3. Billing down, orders keep coming, billing back.
         dc("stop", "billing")

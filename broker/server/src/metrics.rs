@@ -41,6 +41,24 @@ pub const TOPIC_BYTES: &str = "mesh_broker_topic_bytes";
 pub const PUBLISHERS: &str = "mesh_broker_connected_publishers";
 pub const SUBSCRIBERS: &str = "mesh_broker_connected_subscribers";
 
+/// Every metric the broker records (the README lists them all).
+pub const ALL: [&str; 14] = [
+    PUBLISHED,
+    DUPLICATES,
+    DELIVERED,
+    ACKED,
+    NACKED,
+    REDELIVERED,
+    DEAD_LETTERED,
+    LAG,
+    OLDEST_UNACKED,
+    APPEND_SECONDS,
+    FSYNC_SECONDS,
+    TOPIC_BYTES,
+    PUBLISHERS,
+    SUBSCRIBERS,
+];
+
 /// Histogram buckets (seconds) for append and fsync latency: 100 µs to 10 s.
 pub const LATENCY_BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

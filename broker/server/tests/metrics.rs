@@ -331,6 +331,22 @@ async fn a_group_without_members_shows_its_lag_after_a_restart() {
 }
 
 #[test]
+fn the_readme_lists_every_metric() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let section = readme
+        .split("\n## Metrics\n")
+        .nth(1)
+        .expect("README has a Metrics section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    for name in broker::metrics::ALL {
+        assert!(section.contains(&format!("| `{name}` |")), "{name}");
+    }
+}
+
+#[test]
 fn a_metrics_port_in_use_stops_the_broker_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -69,6 +69,17 @@ fn free_addr() -> SocketAddr {
     format!("127.0.0.1:{}", free_port()).parse().unwrap()
 }
 
+#[test]
+fn the_readme_lists_every_service_metric() {
+    use mesh_sdk::metrics::{FAILED, HANDLED, HANDLER_SECONDS};
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let section = readme.split("\n## Metrics\n").nth(1).unwrap();
+    for name in [HANDLED, FAILED, HANDLER_SECONDS] {
+        assert!(section.contains(&format!("| `{name}` |")), "{name}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn billing_counts_every_event_it_handled_and_agrees_with_the_broker() {
     let mut m = Mesh::without_broker();
