@@ -897,10 +897,12 @@ impl Dispatcher {
             self.next_lag = now + BrokerConfig::ms(self.cfg.delivery.lag_report_interval_ms);
             let lag = self.lag();
             let age = lag.oldest_unacked_age.unwrap_or_default();
-            self.metrics.set_lag(
-                lag.events,
-                Duration::new(age.seconds.max(0) as u64, age.nanos.max(0) as u32),
-            );
+            let mut age = Duration::new(age.seconds.max(0) as u64, age.nanos.max(0) as u32);
+            if self.pending.is_empty() && lag.events > 0 {
+                // No member, so nothing read ahead: the oldest is in the log.
+                age = crate::metrics::age_at(&*self.storage, &self.topic, self.position()).await;
+            }
+            self.metrics.set_lag(lag.events, age);
             for m in self.members.values() {
                 let _ = m.out.try_send(Outbound::Lag(lag));
             }

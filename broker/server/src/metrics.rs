@@ -13,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use mesh_log::Storage;
 use metrics::{
     Counter, Gauge, Unit, counter, describe_counter, describe_gauge, describe_histogram,
 };
@@ -239,6 +240,17 @@ impl GroupMetrics {
     }
 }
 
+/// How long ago the event at `offset` of `topic` was published (zero if
+/// there is none, or it cannot be read).
+pub async fn age_at(storage: &dyn Storage, topic: &str, offset: u64) -> Duration {
+    match storage.read(topic, offset, 1, 1 << 20).await {
+        Ok(r) => r.first().map_or(Duration::ZERO, |r| {
+            Duration::from_micros((convert::now_us() - r.timestamp_us).max(0) as u64)
+        }),
+        Err(_) => Duration::ZERO,
+    }
+}
+
 /// Every `delivery.lag_report_interval_ms` until shutdown: bytes on disk
 /// per topic, and lag of the groups no dispatcher is running for (after a
 /// restart, before their first member joins; running dispatchers set their
@@ -255,20 +267,11 @@ pub async fn refresh_loop(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) 
                 if broker.groups.get(&t.name, &g.group).is_some() {
                     continue;
                 }
-                let age =
-                    if g.lag == 0 {
-                        Duration::ZERO
-                    } else {
-                        let pos = g.committed.max(t.earliest);
-                        match broker.storage.read(&t.name, pos, 1, 1 << 20).await {
-                            Ok(r) => r.first().map_or(Duration::ZERO, |r| {
-                                Duration::from_micros(
-                                    (convert::now_us() - r.timestamp_us).max(0) as u64
-                                )
-                            }),
-                            Err(_) => Duration::ZERO,
-                        }
-                    };
+                let age = if g.lag == 0 {
+                    Duration::ZERO
+                } else {
+                    age_at(&*broker.storage, &t.name, g.committed.max(t.earliest)).await
+                };
                 GroupMetrics::new(&t.name, &g.group).set_lag(g.lag, age);
             }
         }

@@ -314,13 +314,21 @@ async fn a_group_without_members_shows_its_lag_after_a_restart() {
         })
         .await
     );
-    drop((sub, c));
+    drop(sub);
+    // Its dispatcher runs on without members and still shows the lag.
+    let gl = [("topic", "t"), ("group", "g")];
+    let (ok, s) = until(maddr, |s| {
+        value(s, "mesh_broker_group_lag_events", &gl) == 3.0
+            && value(s, "mesh_broker_group_oldest_unacked_age_seconds", &gl) > 0.0
+    })
+    .await;
+    assert!(ok, "lag of the group without members:\n{}", dump(&s, "t"));
+    drop(c);
     // (sigterm blocks this thread; the client's connection runs on the other.)
     assert!(broker.sigterm().success());
 
     // After a restart no dispatcher runs for the group until a member joins.
     let broker = BrokerProcess::spawn(dir.path(), &env);
-    let gl = [("topic", "t"), ("group", "g")];
     let (ok, s) = until(maddr, |s| {
         value(s, "mesh_broker_group_lag_events", &gl) == 3.0
             && value(s, "mesh_broker_group_oldest_unacked_age_seconds", &gl) > 0.0
