@@ -67,6 +67,12 @@ pub struct LocalStorage {
     root: PathBuf,
     cfg: Arc<LogConfig>,
     topics: RwLock<HashMap<String, Arc<TopicLog>>>,
+    /// Serializes creating and deleting topics. Without it two concurrent
+    /// CreateTopic calls for one name both pass the "does it exist" check;
+    /// the second then removes the first one's directory while the first
+    /// keeps writing to the unlinked files, and a restart finds the topic
+    /// empty. (Services create their topics at start, concurrently.)
+    admin: tokio::sync::Mutex<()>,
     /// Held for the life of the storage so a second broker cannot open the
     /// same data directory and interleave writes.
     _lock: fs::File,
@@ -114,6 +120,7 @@ impl LocalStorage {
             root,
             cfg,
             topics: RwLock::new(topics),
+            admin: tokio::sync::Mutex::new(()),
             _lock: lock,
         })
     }
@@ -136,6 +143,7 @@ impl LocalStorage {
 impl Storage for LocalStorage {
     async fn create_topic(&self, name: &str, config: TopicConfig) -> Result<TopicStats> {
         names::validate("topic", name)?;
+        let _admin = self.admin.lock().await;
         if self.topics.read().expect("topics lock").contains_key(name) {
             return Err(LogError::TopicExists(name.to_string()));
         }
@@ -159,6 +167,7 @@ impl Storage for LocalStorage {
     }
 
     async fn delete_topic(&self, name: &str) -> Result<()> {
+        let _admin = self.admin.lock().await;
         let log = self
             .topics
             .write()

@@ -542,3 +542,37 @@ fn dedupe_cap_keeps_the_newest_ids_across_reopen() {
         "the oldest id fell out of the capped window"
     );
 }
+
+#[test]
+fn concurrent_creates_of_one_topic_keep_one_directory() {
+    use mesh_log::Storage;
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let storage = std::sync::Arc::new(
+        mesh_log::LocalStorage::open(dir.path(), LogConfig::default()).unwrap(),
+    );
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let s = storage.clone();
+            tasks.push(tokio::spawn(async move {
+                s.create_topic("orders", TopicConfig::default()).await
+            }));
+        }
+        let mut created = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => created += 1,
+                Err(LogError::TopicExists(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(created, 1);
+        storage.append("orders", vec![rec("kept")]).await.unwrap();
+        storage.close().await;
+    });
+    drop(storage);
+    // The data went to the directory that survives a restart.
+    let storage = mesh_log::LocalStorage::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(storage.topic("orders").unwrap().head, 1);
+}
