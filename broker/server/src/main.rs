@@ -45,8 +45,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    broker::init_tracing(&cfg.log_format);
-    rt.block_on(async {
+    // The OTLP exporter's channel lives on this runtime, so build it inside.
+    let telemetry = {
+        let _rt = rt.enter();
+        mesh_telemetry::init("broker", &cfg.log_format)
+    };
+    let code = rt.block_on(async {
         let listener = match tokio::net::TcpListener::bind(&cfg.listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -69,7 +73,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // Flush spans still waiting for export (the runtime's workers are
+    // still running, and the exporter needs them).
+    telemetry.shutdown();
+    code
 }
 
 async fn healthcheck(addr: String) -> ExitCode {

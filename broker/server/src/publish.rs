@@ -24,8 +24,30 @@ use crate::{
 
 pub type PublishStream = ReceiverStream<Result<PublishResponse, Status>>;
 
+/// Spans of traced events in a request, by their index in it.
+type Spans = Vec<(usize, tracing::Span)>;
+
+/// The broker's span for one traced event: a child of the producer's
+/// context, and the parent that consumers continue from, because its
+/// context replaces the event's `traceparent` before the event is stored.
+fn publish_span(topic: &str, ev: &mut mesh_proto::events::v1::Event) -> tracing::Span {
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = %format!("publish {topic}"),
+        otel.kind = "server",
+        messaging.system = "mesh",
+        messaging.destination.name = %topic,
+        messaging.operation.type = "receive",
+        messaging.message.id = %ev.id,
+        messaging.mesh.offset = tracing::field::Empty,
+    );
+    mesh_telemetry::continue_from(&span, &ev.attributes);
+    mesh_telemetry::inject(&span, &mut ev.attributes);
+    span
+}
+
 /// Checks a request and turns its events into log records.
-fn encode(broker: &Broker, req: PublishRequest) -> Result<(String, Vec<AppendRecord>)> {
+fn encode(broker: &Broker, req: PublishRequest) -> Result<(String, Vec<AppendRecord>, Spans)> {
     let limits = &broker.cfg.limits;
     if req.events.is_empty() {
         return Err(BrokerError::invalid(
@@ -44,6 +66,9 @@ fn encode(broker: &Broker, req: PublishRequest) -> Result<(String, Vec<AppendRec
         ));
     }
     let mut records = Vec::with_capacity(req.events.len());
+    let mut spans = Vec::new();
+    // Per-event spans cost only when spans are exported at all.
+    let traced = mesh_telemetry::enabled();
     for (i, mut ev) in req.events.into_iter().enumerate() {
         if ev.id.is_empty() {
             return Err(BrokerError::invalid(
@@ -53,6 +78,9 @@ fn encode(broker: &Broker, req: PublishRequest) -> Result<(String, Vec<AppendRec
         }
         if ev.spec_version.is_empty() {
             ev.spec_version = "1.0".into();
+        }
+        if traced && ev.attributes.contains_key("traceparent") {
+            spans.push((i, publish_span(&req.topic, &mut ev)));
         }
         let size = ev.encoded_len();
         if size > limits.max_event_bytes {
@@ -69,15 +97,31 @@ fn encode(broker: &Broker, req: PublishRequest) -> Result<(String, Vec<AppendRec
             payload: Bytes::from(ev.encode_to_vec()),
         });
     }
-    Ok((req.topic, records))
+    Ok((req.topic, records, spans))
 }
 
 /// Validates and queues one request; the returned future resolves when it
 /// is durable.
 async fn submit(broker: &Broker, req: PublishRequest) -> Result<PendingAppend> {
     broker.ensure_topic("topic", &req.topic).await?;
-    let (topic, records) = encode(broker, req)?;
-    Ok(broker.storage.submit(&topic, records).await?)
+    let (topic, records, spans) = encode(broker, req)?;
+    let pending = broker.storage.submit(&topic, records).await?;
+    if spans.is_empty() {
+        return Ok(pending);
+    }
+    // The publish spans end when the events are durable, so they show the
+    // fsync wait, and carry the offsets assigned.
+    Ok(PendingAppend::new(async move {
+        let r = pending.await;
+        if let Ok(acks) = &r {
+            for (i, span) in &spans {
+                if let Some(a) = acks.get(*i) {
+                    span.record("messaging.mesh.offset", a.offset);
+                }
+            }
+        }
+        r
+    }))
 }
 
 /// [`submit`], counted and timed for the metrics (receipt to durable).

@@ -92,6 +92,8 @@ pub async fn run(
     // back small Publish responses behind the client's delayed ACK (40 ms).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = Server::builder()
+        // One span per call, continuing the caller's trace.
+        .trace_fn(mesh_telemetry::grpc_span)
         // Detects half-open connections below the gRPC streams as well.
         .http2_keepalive_interval(Some(heartbeat))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))

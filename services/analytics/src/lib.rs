@@ -35,6 +35,11 @@ pub async fn run(
         let (s, broker, stop) = (stats.clone(), cfg.broker.clone(), shutdown.clone());
         readers.push(tokio::spawn(async move {
             tail::tail(&broker, topic, 0, &stop, |e| {
+                let span = match &e {
+                    tail::TailEvent::Event(d) => mesh_sdk::events::process_span(d, ""),
+                    tail::TailEvent::CaughtUp { .. } => tracing::Span::none(),
+                };
+                let _in = span.enter();
                 s.lock().expect("stats lock").apply(topic, e);
                 true
             })

@@ -1,4 +1,5 @@
-//! The whole `main` of a service: `healthcheck` subcommand, config, logging,
+//! The whole `main` of a service: `healthcheck` subcommand, config, logging
+//! and tracing,
 //! listening socket, SIGTERM/SIGINT, then the service's `run`.
 
 use std::{future::Future, process::ExitCode};
@@ -58,8 +59,12 @@ where
             return ExitCode::from(2);
         }
     };
-    crate::telemetry::init_tracing(cfg.log_format());
-    rt.block_on(async move {
+    // The OTLP exporter's channel lives on this runtime, so build it inside.
+    let telemetry = {
+        let _rt = rt.enter();
+        mesh_telemetry::init(&prefix.to_lowercase(), cfg.log_format())
+    };
+    let code = rt.block_on(async move {
         let listener = match TcpListener::bind(cfg.listen()).await {
             Ok(l) => l,
             Err(e) => {
@@ -83,5 +88,8 @@ where
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // Flush spans still waiting for export.
+    telemetry.shutdown();
+    code
 }

@@ -19,6 +19,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
+use tracing::Instrument;
 
 use crate::{
     backoff::Backoff,
@@ -191,10 +192,11 @@ impl Consumer {
                             .expect("semaphore is never closed");
                         let metered = metered.clone();
                         let (h, tx) = (handler.clone(), tx.clone());
+                        let span = crate::events::process_span(&d, &self.group);
                         tokio::spawn(async move {
                             let offset = d.offset;
                             let started = std::time::Instant::now();
-                            let req = match h(d).await {
+                            let req = match h(d).instrument(span).await {
                                 Ok(()) => Request::Ack(pb::Ack {
                                     offsets: vec![offset],
                                 }),

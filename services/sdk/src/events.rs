@@ -110,6 +110,32 @@ pub fn derive_id(what: &str, input_event_id: &str) -> String {
     format!("{what}/{input_event_id}")
 }
 
+/// The span of handling one delivered event: a child of the context the
+/// event carries (the broker's publish span), so that one order is one
+/// trace across every service. A span link would fit handlers that take
+/// batches of unrelated events; ours take one event at a time, and a
+/// child keeps the whole path in one trace a tracing UI can show.
+pub fn process_span(d: &Delivered, group: &str) -> tracing::Span {
+    let span = tracing::info_span!(
+        "process",
+        otel.name = %format!("process {}", d.topic),
+        otel.kind = "consumer",
+        messaging.system = "mesh",
+        messaging.destination.name = %d.topic,
+        messaging.operation.type = "process",
+        messaging.message.id = %d.event.id,
+        messaging.consumer.group.name = %group,
+        messaging.mesh.offset = d.offset,
+        messaging.mesh.delivery_attempt = d.attempt,
+        trace_id = tracing::field::Empty,
+    );
+    if mesh_telemetry::enabled() {
+        mesh_telemetry::continue_from(&span, &d.event.attributes);
+        span.record("trace_id", mesh_telemetry::trace_id(&span));
+    }
+    span
+}
+
 #[cfg(test)]
 mod tests {
     use mesh_proto::shipping::v1::{Shipment, ShipmentScheduled};

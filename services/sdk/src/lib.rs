@@ -3,7 +3,6 @@
 //! - [`config`]: settings from code defaults, a TOML file and
 //!   `PREFIX__KEY` environment overrides, validated with errors naming the
 //!   key.
-//! - [`telemetry`]: logging setup.
 //! - [`server`]: the gRPC server bootstrap (own API + health + reflection
 //!   v1/v1alpha), graceful shutdown on SIGTERM/SIGINT, and the container
 //!   `healthcheck` probe.
@@ -30,13 +29,13 @@ pub mod metrics;
 pub mod producer;
 pub mod server;
 pub mod tail;
-pub mod telemetry;
 
 pub use config::BasicConfig;
 pub use consumer::{Consumer, Start};
 pub use error::SdkError;
 pub use events::{Delivered, HandlerError, derive_id, envelope};
 pub use mesh_proto;
+pub use mesh_telemetry;
 pub use producer::Producer;
 pub use tokio_util::sync::CancellationToken;
 

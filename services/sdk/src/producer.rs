@@ -25,6 +25,7 @@ use tokio::{
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
+use tracing::Instrument;
 
 use crate::{backoff::Backoff, error::SdkError, events::envelope};
 
@@ -96,18 +97,43 @@ impl Producer {
         topic: &str,
         events: Vec<Event>,
     ) -> Result<Vec<PublishResult>, SdkError> {
+        let mut events = events;
+        let span = tracing::info_span!(
+            "send",
+            otel.name = %format!("send {topic}"),
+            otel.kind = "producer",
+            messaging.system = "mesh",
+            messaging.destination.name = %topic,
+            messaging.operation.type = "send",
+            messaging.batch.message_count = events.len(),
+            messaging.message.id = tracing::field::Empty,
+        );
+        if let [one] = events.as_slice() {
+            span.record("messaging.message.id", one.id.as_str());
+        }
+        if mesh_telemetry::enabled() {
+            // The trace travels inside the event; an event that already
+            // carries a context (set by its author) keeps it.
+            for ev in &mut events {
+                if !ev.attributes.contains_key("traceparent") {
+                    mesh_telemetry::inject(&span, &mut ev.attributes);
+                }
+            }
+        }
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Job {
-                topic: topic.to_string(),
-                events,
-                reply,
-                deadline: Instant::now() + self.timeout,
-                alone: false,
-            })
-            .await
-            .map_err(|_| SdkError::Closed)?;
-        rx.await.map_err(|_| SdkError::Closed)?
+        let job = Job {
+            topic: topic.to_string(),
+            events,
+            reply,
+            deadline: Instant::now() + self.timeout,
+            alone: false,
+        };
+        async {
+            self.tx.send(job).await.map_err(|_| SdkError::Closed)?;
+            rx.await.map_err(|_| SdkError::Closed)?
+        }
+        .instrument(span)
+        .await
     }
 
     /// Publishes one domain event to its topic with the given id and

@@ -50,6 +50,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A port for a broker that may restart on it. Not from the kernel's
+/// ephemeral range: a port the kernel handed out once can be handed to
+/// another test's `bind(0)` while this broker is down, and its services
+/// would then talk to the wrong broker. Each test process walks its own
+/// slice of 20000..32000 and never reuses a port.
+pub fn broker_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20000 + (std::process::id() % 60) as u16 * 200;
+    loop {
+        let p = base + NEXT.fetch_add(1, Ordering::Relaxed) % 200;
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
 pub struct Proc {
     pub name: String,
     pub child: Child,
@@ -142,6 +159,8 @@ pub struct Mesh {
     pub broker_port: u16,
     pub broker: Option<Proc>,
     pub services: std::collections::BTreeMap<String, Proc>,
+    /// Environment given to every process started from now on.
+    pub env: Vec<(String, String)>,
 }
 
 impl Mesh {
@@ -155,9 +174,10 @@ impl Mesh {
     pub fn without_broker() -> Mesh {
         Mesh {
             dir: tempfile::tempdir().unwrap(),
-            broker_port: free_port(),
+            broker_port: broker_port(),
             broker: None,
             services: Default::default(),
+            env: Vec::new(),
         }
     }
 
@@ -166,7 +186,8 @@ impl Mesh {
     }
 
     pub fn start_broker(&mut self) {
-        let env = vec![
+        let mut env = self.env.clone();
+        env.extend([
             (
                 "BROKER__LISTEN".to_string(),
                 format!("127.0.0.1:{}", self.broker_port),
@@ -179,16 +200,17 @@ impl Mesh {
             ("BROKER__DELIVERY__COMMIT_INTERVAL_MS".into(), "20".into()),
             ("BROKER__DELIVERY__MIN_BACKOFF_MS".into(), "50".into()),
             ("BROKER__DELIVERY__MAX_BACKOFF_MS".into(), "1000".into()),
-        ];
+        ]);
         self.broker = Some(Proc::spawn("broker", "broker", self.dir.path(), &env));
     }
 
     pub fn start(&mut self, service: &str) {
         let prefix = service.to_uppercase();
-        let env = vec![
+        let mut env = self.env.clone();
+        env.extend([
             (format!("{prefix}__LISTEN"), "127.0.0.1:0".to_string()),
             (format!("{prefix}__BROKER"), self.broker_url()),
-        ];
+        ]);
         let p = Proc::spawn(service, service, self.dir.path(), &env);
         self.services.insert(service.to_string(), p);
     }
@@ -228,6 +250,17 @@ impl Mesh {
     /// Every process's log, for a failing test's message.
     pub fn logs(&self) -> String {
         let mut s = String::new();
+        if let Ok(to) = std::env::var("MESH_E2E_KEEP_LOGS") {
+            // Copies every log for a post-mortem.
+            let dest = std::path::Path::new(&to).join(self.dir.path().file_name().unwrap());
+            let _ = std::fs::create_dir_all(&dest);
+            let _ = Command::new("cp")
+                .arg("-a")
+                .arg(format!("{}/.", self.dir.path().display()))
+                .arg(&dest)
+                .status();
+            s += &format!("(full logs in {})\n", dest.display());
+        }
         for e in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
             if e.path().extension().is_some_and(|x| x == "log") {
                 let text = std::fs::read_to_string(e.path()).unwrap_or_default();
