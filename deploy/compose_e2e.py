@@ -30,14 +30,16 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROJECT = os.environ.get("COMPOSE_PROJECT_NAME", "meshe2e")
-# Host ports away from the defaults, so a local demo does not collide.
-PORTS = {"broker": 51051, "orders": 51052, "billing": 51053, "shipping": 51054, "analytics": 51055, "notifications": 51056}
+# Host ports away from the defaults, so a local demo does not collide, and
+# below the kernel's ephemeral range (32768-60999), so no client connection
+# can be holding one when a container that publishes it starts late.
+PORTS = {"broker": 28051, "orders": 28052, "billing": 28053, "shipping": 28054, "analytics": 28055, "notifications": 28056}
 ENV = dict(os.environ, COMPOSE_PROJECT_NAME=PROJECT)
 ENV.setdefault("MESH_BUILD_TARGET", "prebuilt")
 for name, port in PORTS.items():
     ENV[f"{name.upper()}_PORT"] = str(port)
-# Prometheus metrics: 51090 (broker) .. 51095.
-METRICS = {name: 51090 + i for i, name in enumerate(PORTS)}
+# Prometheus metrics: 28090 (broker) .. 28095.
+METRICS = {name: 28090 + i for i, name in enumerate(PORTS)}
 for name, port in METRICS.items():
     ENV[f"{name.upper()}_METRICS_PORT"] = str(port)
 COMPOSE = os.environ.get("COMPOSE", "docker-compose").split()
