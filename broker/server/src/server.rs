@@ -78,6 +78,7 @@ pub async fn run(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "broker listening");
     let health_on_stop = health.clone();
+    let sessions = broker.clone();
     let signal = async move {
         shutdown.await;
         tracing::info!("shutdown requested; draining");
@@ -85,6 +86,17 @@ pub async fn run(
             .set_not_serving::<BrokerServer<BrokerService>>()
             .await;
         let _ = stop_tx.send(true);
+        // Let every session send its final UNAVAILABLE before the server
+        // starts closing connections; otherwise a client can lose that
+        // status to a connection reset and see a bare transport error.
+        let settle = tokio::time::Instant::now() + Duration::from_secs(1);
+        while !sessions.idle() && tokio::time::Instant::now() < settle {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Then a moment for clients to read it and stop sending: closing a
+        // socket with unread input makes the kernel send a reset, which
+        // discards whatever the client had not read yet.
+        tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let heartbeat = BrokerConfig::ms(cfg.delivery.heartbeat_interval_ms);
     // `Server::tcp_nodelay` only applies to listeners tonic binds itself,

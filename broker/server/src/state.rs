@@ -61,6 +61,12 @@ impl Broker {
         }
     }
 
+    /// No Subscribe or Publish stream is open.
+    pub fn idle(&self) -> bool {
+        self.subscribers.available_permits() == self.cfg.limits.max_subscribers
+            && self.publishers.available_permits() == self.cfg.limits.max_publishers
+    }
+
     pub fn is_stopping(&self) -> bool {
         *self.stopping.borrow()
     }

@@ -442,7 +442,20 @@ async fn consumer(g: usize, m: usize, ctl: ConsumerCtl, ledger: Arc<Ledger>) -> 
                             request: Some(Request::Ack(pb::Ack { offsets })),
                         };
                         if sub.tx.send(ack).await.is_err() {
-                            break Some(tonic::Code::Unknown);
+                            // The call is already over (the broker ended it
+                            // while these were on their way): its status is
+                            // still there to read.
+                            let last = tokio::time::timeout(Duration::from_secs(5), async {
+                                loop {
+                                    match sub.rx.message().await {
+                                        Ok(Some(_)) => continue,
+                                        Ok(None) => break tonic::Code::Ok,
+                                        Err(status) => break status.code(),
+                                    }
+                                }
+                            })
+                            .await;
+                            break Some(last.unwrap_or(tonic::Code::Unknown));
                         }
                     }
                     Some(Response::Error(e)) => {
