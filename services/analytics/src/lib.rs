@@ -4,13 +4,11 @@
 //! state lives in memory and is rebuilt from the log on every start; it
 //! reads without a consumer group, so it never disturbs other consumers.
 //!
-//! - [`config`] holds the settings.
 //! - [`stats`]: the figures, counted once per order even if an event is
 //!   seen twice.
 //! - [`api`]: the gRPC API (GetStats).
 
 pub mod api;
-pub mod config;
 pub mod stats;
 
 use std::sync::{Arc, Mutex};
@@ -19,7 +17,15 @@ use mesh_proto::analytics::v1::analytics_server::AnalyticsServer;
 use mesh_sdk::{CancellationToken, SdkError, tail};
 use tokio::net::TcpListener;
 
-pub use config::Config;
+/// Settings: the SDK's `BasicConfig` from `analytics.toml` and `ANALYTICS__*`
+/// environment overrides (`listen`, `broker`, `log_format`,
+/// `metrics_listen`), with this service's default ports.
+pub use mesh_sdk::BasicConfig as Config;
+
+pub const DEFAULTS: &[(&str, &str)] = &[
+    ("listen", "127.0.0.1:50055"),
+    ("metrics_listen", "127.0.0.1:9094"),
+];
 
 pub const TOPICS: [&str; 3] = ["orders", "payments", "shipments"];
 

@@ -1,3 +1,8 @@
 fn main() -> std::process::ExitCode {
-    mesh_sdk::app::main("ANALYTICS", "analytics.toml", analytics::run)
+    mesh_sdk::app::main_with(
+        "ANALYTICS",
+        "analytics.toml",
+        analytics::DEFAULTS,
+        analytics::run,
+    )
 }

@@ -6,7 +6,6 @@
 //! State is rebuilt from the `orders` topic at start (every order and
 //! status change is an event there), so nothing else needs to be stored.
 //!
-//! - [`config`] holds the settings.
 //! - [`book`]: the in-memory order book.
 //! - [`validate`]: PlaceOrder input checks.
 //! - [`api`]: the gRPC API.
@@ -14,7 +13,6 @@
 
 pub mod api;
 pub mod book;
-pub mod config;
 pub mod follow;
 pub mod validate;
 
@@ -27,7 +25,15 @@ use mesh_proto::{
 use mesh_sdk::{CancellationToken, Consumer, Producer, SdkError, tail};
 use tokio::net::TcpListener;
 
-pub use config::Config;
+/// Settings: the SDK's `BasicConfig` from `orders.toml` and `ORDERS__*`
+/// environment overrides (`listen`, `broker`, `log_format`,
+/// `metrics_listen`), with this service's default ports.
+pub use mesh_sdk::BasicConfig as Config;
+
+pub const DEFAULTS: &[(&str, &str)] = &[
+    ("listen", "127.0.0.1:50052"),
+    ("metrics_listen", "127.0.0.1:9091"),
+];
 
 pub const SOURCE: &str = "/services/orders";
 pub const GROUP: &str = "orders";

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    mesh_sdk::app::main("ORDERS", "orders.toml", orders::run)
+    mesh_sdk::app::main_with("ORDERS", "orders.toml", orders::DEFAULTS, orders::run)
 }

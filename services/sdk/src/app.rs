@@ -27,6 +27,22 @@ where
     F: FnOnce(C, TcpListener, CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), SdkError>>,
 {
+    main_with(prefix, default_file, &[], run)
+}
+
+/// [`main`] with per-service config defaults, for services that share a
+/// config type (see [`crate::config::load_with`]).
+pub fn main_with<C, F, Fut>(
+    prefix: &str,
+    default_file: &str,
+    defaults: &[(&str, &str)],
+    run: F,
+) -> ExitCode
+where
+    C: ServiceConfig,
+    F: FnOnce(C, TcpListener, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), SdkError>>,
+{
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -51,7 +67,7 @@ where
         };
     }
     let cfg: C = match crate::config::config_path_from_args()
-        .and_then(|p| crate::config::load(prefix, p.as_deref(), default_file))
+        .and_then(|p| crate::config::load_with(prefix, p.as_deref(), default_file, defaults))
     {
         Ok(c) => c,
         Err(e) => {

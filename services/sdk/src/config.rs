@@ -21,7 +21,21 @@ pub fn load<T: DeserializeOwned + Validate>(
     path: Option<&Path>,
     default_file: &str,
 ) -> Result<T, SdkError> {
+    load_with(prefix, path, default_file, &[])
+}
+
+/// Like [`load`], with per-service defaults (`key`, `value`) that replace
+/// the type's own: several services share [`BasicConfig`] but not ports.
+pub fn load_with<T: DeserializeOwned + Validate>(
+    prefix: &str,
+    path: Option<&Path>,
+    default_file: &str,
+    defaults: &[(&str, &str)],
+) -> Result<T, SdkError> {
     let mut b = config::Config::builder();
+    for (k, v) in defaults {
+        b = b.set_default(*k, *v)?;
+    }
     b = match path {
         Some(p) => b.add_source(config::File::from(p).required(true)),
         None => b.add_source(config::File::with_name(default_file).required(false)),
@@ -130,5 +144,41 @@ impl crate::app::ServiceConfig for BasicConfig {
     }
     fn metrics_listen(&self) -> &str {
         &self.metrics_listen
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_service_defaults_replace_the_types_own_and_env_still_wins() {
+        let c: BasicConfig = load_with(
+            "MESH_SDK_TEST_A",
+            None,
+            "no-such-file",
+            &[("listen", "127.0.0.1:50099")],
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:50099");
+        assert_eq!(c.broker, BasicConfig::default().broker);
+        // SAFETY: this test alone uses the MESH_SDK_TEST_B prefix.
+        unsafe { std::env::set_var("MESH_SDK_TEST_B__LISTEN", "127.0.0.1:50100") };
+        let c: BasicConfig = load_with(
+            "MESH_SDK_TEST_B",
+            None,
+            "no-such-file",
+            &[("listen", "127.0.0.1:50099")],
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:50100");
+        let e = load_with::<BasicConfig>(
+            "MESH_SDK_TEST_C",
+            None,
+            "no-such-file",
+            &[("listen", "nowhere")],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("`listen`"), "{e}");
     }
 }

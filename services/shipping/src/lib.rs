@@ -5,12 +5,10 @@
 //! Shipments are rebuilt from the `shipments` topic at start, so a
 //! redelivered payment finds its shipment and none is scheduled twice.
 //!
-//! - [`config`] holds the settings.
 //! - [`handler`]: the PaymentAuthorized handler and the shipment register.
 //! - [`api`]: the gRPC API (GetShipment).
 
 pub mod api;
-pub mod config;
 pub mod handler;
 
 use std::{
@@ -26,7 +24,15 @@ use mesh_proto::{
 use mesh_sdk::{CancellationToken, Consumer, Producer, SdkError, tail};
 use tokio::net::TcpListener;
 
-pub use config::Config;
+/// Settings: the SDK's `BasicConfig` from `shipping.toml` and `SHIPPING__*`
+/// environment overrides (`listen`, `broker`, `log_format`,
+/// `metrics_listen`), with this service's default ports.
+pub use mesh_sdk::BasicConfig as Config;
+
+pub const DEFAULTS: &[(&str, &str)] = &[
+    ("listen", "127.0.0.1:50054"),
+    ("metrics_listen", "127.0.0.1:9093"),
+];
 
 pub const SOURCE: &str = "/services/shipping";
 pub const GROUP: &str = "shipping";

@@ -1,3 +1,8 @@
 fn main() -> std::process::ExitCode {
-    mesh_sdk::app::main("SHIPPING", "shipping.toml", shipping::run)
+    mesh_sdk::app::main_with(
+        "SHIPPING",
+        "shipping.toml",
+        shipping::DEFAULTS,
+        shipping::run,
+    )
 }
