@@ -57,16 +57,11 @@ pub async fn run(
         broker: cfg.broker.clone(),
         started: std::time::Instant::now(),
     };
-    let stop = shutdown.clone();
-    mesh_sdk::server::serve(
+    mesh_sdk::server::serve_until(
         tonic::service::Routes::new(AnalyticsServer::new(api)),
         listener,
-        async move { stop.cancelled().await },
+        shutdown,
+        readers,
     )
-    .await?;
-    shutdown.cancel();
-    for r in readers {
-        let _ = r.await;
-    }
-    Ok(())
+    .await
 }

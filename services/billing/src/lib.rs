@@ -64,15 +64,12 @@ pub async fn run(
     let consumer = Consumer::new(&cfg.broker, OrderPlaced::TOPIC, GROUP)?.name(SOURCE);
     let consumer = tokio::spawn(consumer.run(move |d| h.clone().handle(d), shutdown.clone()));
 
-    let stop = shutdown.clone();
     let api = api::BillingApi { ledger };
-    mesh_sdk::server::serve(
+    mesh_sdk::server::serve_until(
         tonic::service::Routes::new(BillingServer::new(api)),
         listener,
-        async move { stop.cancelled().await },
+        shutdown,
+        vec![consumer],
     )
-    .await?;
-    shutdown.cancel();
-    let _ = consumer.await;
-    Ok(())
+    .await
 }

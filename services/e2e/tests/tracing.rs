@@ -91,6 +91,21 @@ fn tokio_stream_incoming(l: tokio::net::TcpListener) -> tonic::transport::server
     tonic::transport::server::TcpIncoming::from(l)
 }
 
+/// PlaceOrder as a caller whose span is CALLER_SPAN in trace TRACE.
+async fn place_traced(m: &Mesh, key: &str, customer: &str, amount: i64) -> String {
+    let mut req = tonic::Request::new(order(key, customer, amount));
+    let traceparent = format!("00-{TRACE}-{CALLER_SPAN}-01");
+    req.metadata_mut()
+        .insert("traceparent", traceparent.parse().unwrap());
+    m.orders()
+        .await
+        .place_order(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .order_id
+}
+
 /// Waits until the order is SHIPPED.
 async fn shipped(m: &Mesh, id: &str) -> bool {
     eventually(Duration::from_secs(60), || async move {
@@ -123,19 +138,7 @@ async fn one_order_is_one_trace_across_every_service_and_the_broker() {
     m.start_broker();
     m.start_all();
 
-    let mut req = tonic::Request::new(order("traced-1", "trace-customer", 1_234));
-    req.metadata_mut().insert(
-        "traceparent",
-        format!("00-{TRACE}-{CALLER_SPAN}-01").parse().unwrap(),
-    );
-    let id = m
-        .orders()
-        .await
-        .place_order(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .order_id;
+    let id = place_traced(&m, "traced-1", "trace-customer", 1_234).await;
     assert!(shipped(&m, &id).await, "{}", m.logs());
 
     let wanted = ["orders", "broker", "billing", "shipping", "analytics"];
@@ -231,18 +234,6 @@ async fn services_work_normally_with_no_collector_running() {
     )];
     m.start_broker();
     m.start_all();
-    let mut req = tonic::Request::new(order("untraced", "c", 100));
-    req.metadata_mut().insert(
-        "traceparent",
-        format!("00-{TRACE}-{CALLER_SPAN}-01").parse().unwrap(),
-    );
-    let id = m
-        .orders()
-        .await
-        .place_order(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .order_id;
+    let id = place_traced(&m, "untraced", "c", 100).await;
     assert!(shipped(&m, &id).await, "{}", m.logs());
 }

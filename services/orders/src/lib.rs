@@ -76,16 +76,11 @@ pub async fn run(
     }
 
     let api = api::OrdersApi { book, producer };
-    let stop = shutdown.clone();
-    mesh_sdk::server::serve(
+    mesh_sdk::server::serve_until(
         tonic::service::Routes::new(OrdersServer::new(api)),
         listener,
-        async move { stop.cancelled().await },
+        shutdown,
+        consumers,
     )
-    .await?;
-    shutdown.cancel();
-    for c in consumers {
-        let _ = c.await;
-    }
-    Ok(())
+    .await
 }

@@ -96,3 +96,22 @@ pub async fn healthcheck(addr: &str) -> bool {
         Ok(Some(true))
     )
 }
+
+/// Serves `routes` until `shutdown` is cancelled (or the server fails),
+/// then cancels `shutdown` for everyone else and waits for `workers`
+/// (consumers, readers) to finish their drain: the tail of every service's
+/// `run`.
+pub async fn serve_until<T>(
+    routes: Routes,
+    listener: TcpListener,
+    shutdown: tokio_util::sync::CancellationToken,
+    workers: Vec<tokio::task::JoinHandle<T>>,
+) -> Result<(), SdkError> {
+    let stop = shutdown.clone();
+    let served = serve(routes, listener, async move { stop.cancelled().await }).await;
+    shutdown.cancel();
+    for w in workers {
+        let _ = w.await;
+    }
+    served
+}

@@ -69,15 +69,12 @@ pub async fn run(
     let consumer = Consumer::new(&cfg.broker, PaymentAuthorized::TOPIC, GROUP)?.name(SOURCE);
     let consumer = tokio::spawn(consumer.run(move |d| h.clone().handle(d), shutdown.clone()));
 
-    let stop = shutdown.clone();
     let api = api::ShippingApi { register };
-    mesh_sdk::server::serve(
+    mesh_sdk::server::serve_until(
         tonic::service::Routes::new(ShippingServer::new(api)),
         listener,
-        async move { stop.cancelled().await },
+        shutdown,
+        vec![consumer],
     )
-    .await?;
-    shutdown.cancel();
-    let _ = consumer.await;
-    Ok(())
+    .await
 }
