@@ -314,8 +314,10 @@ async fn broker_restart_while_everything_runs() {
         .await
         .place_order(order("during", "carol", 100))
         .await;
-    assert!(
-        down.is_err(),
+    // ... and says so with UNAVAILABLE, as the README promises.
+    assert_eq!(
+        down.map(|_| ()).unwrap_err().code(),
+        tonic::Code::Unavailable,
         "an order cannot be accepted without the broker"
     );
     m.start_broker();
