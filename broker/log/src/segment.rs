@@ -324,11 +324,25 @@ impl Segment {
     /// Looks for any well-formed record with an offset at or after
     /// `expected` starting somewhere after `bad`.
     fn find_valid_record_after(&self, bad: u64, len: u64, expected: u64) -> Result<Option<u64>> {
-        let start = bad + 1;
-        if start >= len {
+        let found = self.find_record(bad + 1, len, |o| {
+            o >= expected && o - expected <= u32::MAX as u64
+        })?;
+        Ok(found.map(|(pos, _)| pos))
+    }
+
+    /// The first well-formed record (checksum included) starting at a byte
+    /// in `start..end` and lying wholly before `end`, whose offset `accept`
+    /// takes: its position and offset.
+    fn find_record(
+        &self,
+        start: u64,
+        end: u64,
+        accept: impl Fn(u64) -> bool,
+    ) -> Result<Option<(u64, u64)>> {
+        if start >= end {
             return Ok(None);
         }
-        let rest = self.read_chunk(start, (len - start) as usize)?;
+        let rest = self.read_chunk(start, (end - start) as usize)?;
         for i in 0..rest.len().saturating_sub(record::OVERHEAD) {
             let body_len = u32::from_le_bytes(rest[i..i + 4].try_into().expect("4 bytes")) as usize;
             if body_len < record::BODY_FIXED
@@ -338,67 +352,77 @@ impl Segment {
                 continue;
             }
             let offset = u64::from_le_bytes(rest[i + 8..i + 16].try_into().expect("8 bytes"));
-            if offset < expected || offset - expected > u32::MAX as u64 {
+            if !accept(offset) {
                 continue;
             }
             if let Decoded::Record(..) = record::decode(&rest.slice(i..), self.max_body) {
-                return Ok(Some(start + i as u64));
+                return Ok(Some((start + i as u64, offset)));
             }
         }
         Ok(None)
     }
 
-    /// Calls `f` for each record from `from` on, stopping before
+    /// Calls `f` for each record from `start` on, stopping before
     /// `end_offset`, at the end of the readable bytes, or when `f` breaks.
     /// `hint` sizes the first read.
+    ///
+    /// `skip` is `Some((from, scan_end))` when the caller only wants
+    /// offsets from `from` on: a damaged record before `from` is then
+    /// stepped over by looking for the next intact record below byte
+    /// `scan_end` (the next index entry), so that the intact records
+    /// after the damage stay readable (a group moved past the damage with
+    /// SeekGroup resumes there). Damage at an offset the caller wants is
+    /// always an error.
     fn for_each_from(
         &self,
         start: Option<IndexEntry>,
         end_offset: u64,
         hint: usize,
+        skip: Option<(u64, u64)>,
         mut f: impl FnMut(Record) -> ControlFlow<()>,
     ) -> Result<()> {
         let limit = self.readable_len.load(Ordering::Acquire);
         let (mut pos, mut expected) = start.map_or((0, self.base), |e| (e.position, e.offset));
         let mut want = hint.clamp(64 << 10, CHUNK);
-        while pos < limit && expected < end_offset {
+        'chunks: while pos < limit && expected < end_offset {
             let buf = self.read_chunk(pos, want.min((limit - pos) as usize))?;
             let mut i = 0usize;
             loop {
                 if pos + i as u64 >= limit || expected >= end_offset {
                     return Ok(());
                 }
-                match record::decode(&buf.slice(i..), self.max_body) {
-                    Decoded::Record(r, n) => {
-                        if r.offset != expected {
-                            return Err(self.corrupt(
-                                pos + i as u64,
-                                expected,
-                                "offset out of sequence",
-                            ));
-                        }
+                let reason = match record::decode(&buf.slice(i..), self.max_body) {
+                    Decoded::Record(r, n) if r.offset == expected => {
                         expected += 1;
                         i += n;
                         if f(r).is_break() {
                             return Ok(());
                         }
+                        continue;
                     }
+                    Decoded::Record(..) => "offset out of sequence",
                     Decoded::Incomplete { need } => {
                         let need = need.unwrap_or(record::FRAME_HEADER);
-                        if pos + (i + need) as u64 > limit {
-                            return Err(self.corrupt(
-                                pos + i as u64,
-                                expected,
-                                "record extends past the end of the written data",
-                            ));
+                        if pos + (i + need) as u64 <= limit {
+                            want = want.max(need);
+                            break;
                         }
-                        want = want.max(need);
-                        break;
+                        "record extends past the end of the written data"
                     }
-                    Decoded::Invalid(reason) => {
-                        return Err(self.corrupt(pos + i as u64, expected, reason));
-                    }
+                    Decoded::Invalid(reason) => reason,
+                };
+                let bad = pos + i as u64;
+                if let Some((from, scan_end)) = skip
+                    && expected < from
+                    && let Some((p, o)) = self
+                        .find_record(bad + 1, scan_end.min(limit), |o| o > expected && o <= from)?
+                {
+                    tracing::debug!(segment = %self.path.display(), position = bad, offset = expected, resumed_at = o, reason, "stepped over a damaged record before the requested offset");
+                    pos = p;
+                    expected = o;
+                    continue 'chunks;
                 }
+                return Err(self.corrupt(bad, expected, reason));
             }
             pos += i as u64;
         }
@@ -408,6 +432,8 @@ impl Segment {
     /// Appends to `out` the records from offset `from` (inclusive) up to
     /// `end_offset` (exclusive), at most `max_records` and, after the first
     /// record, at most `max_bytes` of payload. Returns the payload bytes.
+    ///
+    /// On an error, the records read before it are in `out` already.
     pub fn read(
         &self,
         from: u64,
@@ -416,10 +442,15 @@ impl Segment {
         max_bytes: usize,
         out: &mut Vec<Record>,
     ) -> Result<usize> {
-        let start = index::floor_by_offset(&self.index.read().expect("index lock"), from);
+        let (start, scan_end) = {
+            let idx = self.index.read().expect("index lock");
+            let next = idx.partition_point(|e| e.offset <= from);
+            let scan_end = idx.get(next).map_or(u64::MAX, |e| e.position);
+            (index::floor_by_offset(&idx, from), scan_end)
+        };
         let mut bytes = 0usize;
         let mut taken = 0usize;
-        self.for_each_from(start, end_offset, max_bytes, |r| {
+        self.for_each_from(start, end_offset, max_bytes, Some((from, scan_end)), |r| {
             if r.offset < from {
                 return ControlFlow::Continue(());
             }
@@ -443,7 +474,7 @@ impl Segment {
     pub fn offset_for_time(&self, timestamp_us: i64, end_offset: u64) -> Result<Option<u64>> {
         let start = index::floor_by_time(&self.index.read().expect("index lock"), timestamp_us);
         let mut found = None;
-        self.for_each_from(start, end_offset, 0, |r| {
+        self.for_each_from(start, end_offset, 0, None, |r| {
             if r.timestamp_us >= timestamp_us {
                 found = Some(r.offset);
                 ControlFlow::Break(())

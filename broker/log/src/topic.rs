@@ -372,6 +372,11 @@ impl TopicLog {
     /// Reads up to `max_records` records from `from`, stopping after
     /// `max_bytes` of payload (but always returning at least one record if
     /// one is available). Empty when `from` is at the head.
+    ///
+    /// A read that reaches a damaged record returns the records before
+    /// it; a read starting at the damaged record fails with
+    /// [`LogError::Corrupt`]. Damage before `from` does not hide the
+    /// intact records from `from` on.
     pub fn read(&self, from: u64, max_records: usize, max_bytes: usize) -> Result<Vec<Record>> {
         let head = self.head();
         let segs: Vec<Arc<Segment>> = {
@@ -404,13 +409,21 @@ impl TopicLog {
             } else {
                 max_bytes - bytes
             };
-            bytes += seg.read(
+            match seg.read(
                 from.max(seg.base),
                 head,
                 max_records - out.len(),
                 budget,
                 &mut out,
-            )?;
+            ) {
+                Ok(n) => bytes += n,
+                // The records before the damage are intact: hand them out.
+                // The next read, starting at the damaged offset, reports
+                // the error (dropping them made a consumer lose every
+                // good event read in the same call as the damage).
+                Err(_) if !out.is_empty() => break,
+                Err(e) => return Err(e),
+            }
         }
         Ok(out)
     }
