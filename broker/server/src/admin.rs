@@ -107,18 +107,23 @@ impl Broker {
         let position = position.max(t.earliest);
         let oldest_us = match running.as_ref().and_then(|s| s.oldest_unacked_us) {
             Some(us) => Some(us),
-            None if position < t.head => self
-                .storage
-                .read(topic, position, 1, 1)
-                .await?
-                .first()
-                .map(|r| r.timestamp_us),
+            None if position < t.head => match self.storage.read(topic, position, 1, 1).await {
+                Ok(r) => r.first().map(|r| r.timestamp_us),
+                // The group is at a damaged record: its age is unknown, and
+                // describing the group is how an operator finds out why.
+                Err(LogError::Corrupt { .. }) => None,
+                Err(e) => return Err(e.into()),
+            },
             None => None,
         };
         let age = oldest_us.map_or(Duration::ZERO, |us| {
             Duration::from_micros((convert::now_us() - us).max(0) as u64)
         });
         let s = running.unwrap_or_default();
+        let (blocked_at, blocked_reason) = match s.blocked {
+            Some((offset, reason)) => (Some(offset), reason),
+            None => (None, String::new()),
+        };
         Ok(pb::GroupInfo {
             topic: topic.to_string(),
             group: group.to_string(),
@@ -132,6 +137,8 @@ impl Broker {
             members: s.members,
             dead_letters: dlq::count(&*self.storage, topic, group)?,
             buffered: s.buffered,
+            blocked_at,
+            blocked_reason,
         })
     }
 

@@ -18,6 +18,9 @@
 //!   event ready again after exponential backoff; after
 //!   `max_delivery_attempts` deliveries it goes to the dead-letter topic
 //!   and counts as done once that append is durable.
+//! - **Damage.** A corrupt record stops the group at its offset: every
+//!   event before it is delivered, nothing from it on, each member is told
+//!   once, and nothing is read again until a seek moves the group.
 //! - **Position.** The committed offset is the lowest offset not yet done.
 //!   It is written to storage every `commit_interval_ms` when it moved, when
 //!   the last member leaves and at shutdown. After a crash, events acked
@@ -95,6 +98,8 @@ pub struct Snapshot {
     pub members: Vec<pb::Member>,
     /// Events held in memory (`pending`): bounded by `limits.group_window`.
     pub buffered: u64,
+    /// The damaged offset the group is stopped at, and why.
+    pub blocked: Option<(u64, String)>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -151,6 +156,20 @@ impl GroupHandle {
             let _ = rx.await;
         }
     }
+}
+
+/// The group reached a record it cannot read (a corrupt record in the
+/// log). It delivers everything before it and nothing from it on, until a
+/// SeekGroup moves it.
+struct Blocked {
+    /// The first offset the group could not read.
+    offset: u64,
+    /// The read error, naming the file, byte and offset of the damage.
+    reason: String,
+    /// What members get in-stream, once each: the error does not change,
+    /// so repeating it (the read used to be retried every second) only
+    /// buried it.
+    error: pb::Error,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -235,6 +254,9 @@ pub struct Dispatcher {
     dead_lettered: u64,
     caught_up_sent: bool,
     read_backoff_until: Option<Instant>,
+    /// Set when the read-ahead hit damage: nothing at or after it is read
+    /// again until a seek clears it.
+    blocked: Option<Blocked>,
     last_commit: Instant,
     next_lag: Instant,
     /// The topic's head as last seen on its watch channel.
@@ -283,6 +305,7 @@ impl Dispatcher {
             dead_lettered: 0,
             caught_up_sent: false,
             read_backoff_until: None,
+            blocked: None,
             last_commit: now,
             next_lag: now + BrokerConfig::ms(cfg.delivery.lag_report_interval_ms),
             head: *head_rx.borrow(),
@@ -290,6 +313,7 @@ impl Dispatcher {
             metrics: crate::metrics::GroupMetrics::new(topic, group),
             cfg,
         };
+        d.metrics.blocked.set(0.0);
         tokio::spawn(d.run(rx, head_rx));
         Ok(GroupHandle { tx })
     }
@@ -343,6 +367,7 @@ impl Dispatcher {
         // A deleted group has no lag; a stopped one is measured by
         // `metrics::refresh_loop` from here on.
         self.metrics.set_lag(0, Duration::ZERO);
+        self.metrics.blocked.set(0.0);
         if let Some(r) = stop_reply {
             let _ = r.send(());
         }
@@ -350,6 +375,15 @@ impl Dispatcher {
 
     fn head(&self) -> u64 {
         self.head
+    }
+
+    /// One past the last offset the read-ahead may read: the head, or the
+    /// damaged offset the group is blocked at.
+    fn read_limit(&self) -> u64 {
+        match &self.blocked {
+            Some(b) => b.offset.min(self.head),
+            None => self.head,
+        }
     }
 
     /// Lowest offset not yet done.
@@ -365,7 +399,7 @@ impl Dispatcher {
         let now = Instant::now();
         let more = !self.members.is_empty()
             && self.pending.len() < self.cfg.limits.group_window
-            && self.next_read < self.head()
+            && self.next_read < self.read_limit()
             && self.read_backoff_until.is_none_or(|t| t <= now);
         if more {
             return now;
@@ -487,6 +521,12 @@ impl Dispatcher {
         );
         // Let the new member hear "caught up" too.
         self.caught_up_sent = false;
+        // And why nothing comes, if the group is blocked: once, now.
+        if let Some(b) = &self.blocked {
+            let _ = self.members[&id]
+                .out
+                .try_send(Outbound::Error(b.error.clone()));
+        }
         tracing::info!(topic = %self.topic, group = %self.group, member = id, "member joined");
         Ok(Joined {
             member_id: id,
@@ -691,10 +731,13 @@ impl Dispatcher {
             .limits
             .group_window
             .saturating_sub(self.pending.len());
-        if room == 0 || self.next_read >= self.head() {
+        let limit = self.read_limit();
+        if room == 0 || self.next_read >= limit {
             return;
         }
-        let n = room.min(READ_BATCH);
+        let n = room
+            .min(READ_BATCH)
+            .min(usize::try_from(limit - self.next_read).unwrap_or(usize::MAX));
         match self
             .storage
             .read(&self.topic, self.next_read, n, 4 << 20)
@@ -728,6 +771,7 @@ impl Dispatcher {
                 tracing::warn!(topic = %self.topic, group = %self.group, from = self.next_read, earliest, "events were deleted by retention before this group read them");
                 self.next_read = earliest;
             }
+            Err(e @ LogError::Corrupt { .. }) => self.block(e),
             Err(e) => {
                 let e = BrokerError::from(e);
                 tracing::error!(topic = %self.topic, group = %self.group, offset = self.next_read, error = %e, "read failed");
@@ -735,6 +779,32 @@ impl Dispatcher {
                 self.read_backoff_until = Some(now + Duration::from_secs(1));
             }
         }
+    }
+
+    /// The read at `next_read` hit damage. The log returns the records
+    /// before damage without an error, so everything before `next_read`
+    /// has been read: stop here, tell every member once, and wait for an
+    /// operator's SeekGroup.
+    fn block(&mut self, e: LogError) {
+        let offset = self.next_read;
+        let reason = e.to_string();
+        let mut error = crate::error::to_proto(&BrokerError::from(e));
+        error.message = format!(
+            "group {:?} of topic {:?} is blocked at offset {offset}: {reason}; every event before it was delivered, none from it on will be until SeekGroup moves the group to offset {} or later",
+            self.group,
+            self.topic,
+            offset + 1
+        );
+        tracing::error!(topic = %self.topic, group = %self.group, offset, error = %reason, "consumer group blocked at a damaged record; SeekGroup past it to go on");
+        self.metrics.blocked.set(1.0);
+        for m in self.members.values() {
+            let _ = m.out.try_send(Outbound::Error(error.clone()));
+        }
+        self.blocked = Some(Blocked {
+            offset,
+            reason,
+            error,
+        });
     }
 
     fn insert(&mut self, record: Record, key: Option<Arc<str>>, event: StoredEvent) {
@@ -993,6 +1063,12 @@ impl Dispatcher {
         self.committed = Some(target);
         self.next_read = target;
         self.caught_up_sent = false;
+        // Reading from the new position finds out afresh whether there is
+        // damage (a seek back to before it blocks the group again).
+        if let Some(b) = self.blocked.take() {
+            self.metrics.blocked.set(0.0);
+            tracing::info!(topic = %self.topic, group = %self.group, blocked_at = b.offset, target, "group unblocked by a seek");
+        }
         tracing::info!(topic = %self.topic, group = %self.group, previous, target, "group position reset");
         Ok(outcome)
     }
@@ -1010,6 +1086,7 @@ impl Dispatcher {
             dead_lettered: self.dead_lettered,
             oldest_unacked_us: self.pending.values().next().map(|e| e.record.timestamp_us),
             buffered: self.pending.len() as u64,
+            blocked: self.blocked.as_ref().map(|b| (b.offset, b.reason.clone())),
             members: self
                 .members
                 .iter()

@@ -36,6 +36,7 @@ pub const REDELIVERED: &str = "mesh_broker_events_redelivered_total";
 pub const DEAD_LETTERED: &str = "mesh_broker_events_dead_lettered_total";
 pub const LAG: &str = "mesh_broker_group_lag_events";
 pub const OLDEST_UNACKED: &str = "mesh_broker_group_oldest_unacked_age_seconds";
+pub const BLOCKED: &str = "mesh_broker_group_blocked";
 pub const APPEND_SECONDS: &str = "mesh_broker_append_duration_seconds";
 pub const FSYNC_SECONDS: &str = mesh_log::writer::FSYNC_SECONDS;
 pub const TOPIC_BYTES: &str = "mesh_broker_topic_bytes";
@@ -43,7 +44,7 @@ pub const PUBLISHERS: &str = "mesh_broker_connected_publishers";
 pub const SUBSCRIBERS: &str = "mesh_broker_connected_subscribers";
 
 /// Every metric the broker records (the README lists them all).
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 15] = [
     PUBLISHED,
     DUPLICATES,
     DELIVERED,
@@ -53,6 +54,7 @@ pub const ALL: [&str; 14] = [
     DEAD_LETTERED,
     LAG,
     OLDEST_UNACKED,
+    BLOCKED,
     APPEND_SECONDS,
     FSYNC_SECONDS,
     TOPIC_BYTES,
@@ -149,6 +151,11 @@ fn describe() {
         Unit::Seconds,
         "Age of the oldest event the group has not finished, per topic and group."
     );
+    describe_gauge!(
+        BLOCKED,
+        Unit::Count,
+        "1 while the group is stopped at a damaged record (see DescribeGroup's blocked_at), else 0, per topic and group."
+    );
     describe_histogram!(
         APPEND_SECONDS,
         Unit::Seconds,
@@ -218,6 +225,9 @@ pub struct GroupMetrics {
     pub dead_lettered: Counter,
     pub lag: Gauge,
     pub oldest_unacked: Gauge,
+    /// 1 while the dispatcher is stopped at damage: lag alone cannot tell
+    /// a blocked group from a slow one.
+    pub blocked: Gauge,
 }
 
 impl GroupMetrics {
@@ -231,6 +241,7 @@ impl GroupMetrics {
             dead_lettered: counter!(DEAD_LETTERED, &l),
             lag: metrics::gauge!(LAG, &l),
             oldest_unacked: metrics::gauge!(OLDEST_UNACKED, &l),
+            blocked: metrics::gauge!(BLOCKED, &l),
         }
     }
 

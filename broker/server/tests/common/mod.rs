@@ -123,6 +123,21 @@ pub struct BrokerProcess {
 
 impl BrokerProcess {
     pub fn spawn(dir: &Path, env: &[(&str, &str)]) -> BrokerProcess {
+        Self::spawn_with_stderr(dir, env, Stdio::inherit())
+    }
+
+    /// Like `spawn`, appending the broker's log (stderr) to `log`, for tests
+    /// that check what it logs.
+    pub fn spawn_logging_to(dir: &Path, env: &[(&str, &str)], log: &Path) -> BrokerProcess {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        Self::spawn_with_stderr(dir, env, Stdio::from(f))
+    }
+
+    fn spawn_with_stderr(dir: &Path, env: &[(&str, &str)], stderr: Stdio) -> BrokerProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_broker"));
         cmd.env("BROKER__LISTEN", "127.0.0.1:0")
             // Off unless `env` sets it: many brokers run at once.
@@ -132,7 +147,7 @@ impl BrokerProcess {
             .env("BROKER__DELIVERY__COMMIT_INTERVAL_MS", "20")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         // Run from the data dir so no broker.toml in the source tree is read.
         cmd.current_dir(dir);
         for (k, v) in env {
