@@ -337,7 +337,7 @@ async fn drain(
             let futs = subs.iter_mut().enumerate().map(|(i, s)| {
                 Box::pin(async move { (i, s.next(Duration::from_millis(50)).await) })
             });
-            futures_select_all(futs).await
+            first_of(futs).await
         };
         match r {
             Some(Response::Deliveries(ds)) => {
@@ -362,7 +362,7 @@ async fn drain(
 
 /// The first of `futs` to finish (a tiny `select_all`: the workspace has no
 /// `futures` crate).
-async fn futures_select_all<F, T>(futs: impl Iterator<Item = std::pin::Pin<Box<F>>>) -> T
+async fn first_of<F, T>(futs: impl Iterator<Item = std::pin::Pin<Box<F>>>) -> T
 where
     F: std::future::Future<Output = T>,
 {
@@ -486,6 +486,7 @@ async fn a_group_stops_at_the_damage_until_seeked_past(place: Place) {
         vec![1, 1, 1]
     );
     assert_eq!(d.blocked_log_lines().len(), 1);
+    assert_eq!(seen.caught_up, vec![false; 3], "caught up while blocked");
 
     // The way out: a dry run says exactly the damaged event is skipped,
     // then the seek past it unblocks the group.
