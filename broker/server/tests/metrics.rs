@@ -13,7 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{BrokerProcess, Client, Sub, connect, event, eventually, offset, publish};
+use common::{
+    BrokerProcess, Client, Sub, connect, event, eventually, offset, publish, unused_port,
+};
 use mesh_proto::broker::v1 as pb;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -83,16 +85,18 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     hits.first().copied().unwrap_or(0.0)
 }
 
+/// The broker's metrics address: a port outside the ephemeral range, which
+/// nothing else takes between the check and the broker's bind (nor between
+/// the two brokers of the restart test).
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    SocketAddr::from(([127, 0, 0, 1], unused_port()))
 }
 
-/// Scrapes until `f` holds, for at most 15 s; the last scrape either way.
+/// Scrapes until `f` holds, for at most 30 s; the last scrape either way.
+/// `f` checks everything the caller then asserts on that scrape: counters
+/// and gauges are updated apart from the RPC answers (gauges on a timer).
 async fn until(addr: SocketAddr, f: impl Fn(&[Sample]) -> bool) -> (bool, Vec<Sample>) {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = Vec::new();
     while Instant::now() < deadline {
         if let Ok(s) = scrape(addr) {
@@ -172,13 +176,24 @@ async fn counters_follow_a_known_workload_and_a_stalled_groups_lag_rises_then_fa
     publish(&mut c, t, vec![ev(0)]).await;
     let n = 40.0;
 
+    let tl = [("topic", t)];
     let (ok, s) = until(maddr, |s| {
         value(s, "mesh_broker_connected_publishers", &[]) == 1.0
-            && value(s, "mesh_broker_topic_bytes", &[("topic", t)]) > 0.0
+            && value(s, "mesh_broker_topic_bytes", &tl) > 0.0
+            && value(s, "mesh_broker_events_published_total", &tl) == n
+            && value(s, "mesh_broker_events_duplicate_total", &tl) == 1.0
+            && value(s, "mesh_broker_append_duration_seconds_count", &tl)
+                - base("mesh_broker_append_duration_seconds_count")
+                == 4.0
+            && value(s, "mesh_broker_fsync_duration_seconds_count", &tl) >= 1.0
+            && value(
+                s,
+                "mesh_broker_append_duration_seconds_bucket",
+                &[("topic", t), ("le", "+Inf")],
+            ) >= 4.0
     })
     .await;
     assert!(ok, "publisher gauge or topic bytes:\n{}", dump(&s, t));
-    let tl = [("topic", t)];
     assert_eq!(value(&s, "mesh_broker_events_published_total", &tl), n);
     assert_eq!(value(&s, "mesh_broker_events_duplicate_total", &tl), 1.0);
     // Four requests: two unary, one streamed, the duplicate.
@@ -215,6 +230,8 @@ async fn counters_follow_a_known_workload_and_a_stalled_groups_lag_rises_then_fa
     let (ok, s) = until(maddr, |s| {
         value(s, "mesh_broker_group_lag_events", &gl) == n
             && value(s, "mesh_broker_group_oldest_unacked_age_seconds", &gl) > 0.0
+            && value(s, "mesh_broker_connected_subscribers", &[]) == 1.0
+            && value(s, "mesh_broker_events_delivered_total", &gl) == n
     })
     .await;
     assert!(ok, "lag of the stalled group:\n{}", dump(&s, t));
@@ -234,6 +251,7 @@ async fn counters_follow_a_known_workload_and_a_stalled_groups_lag_rises_then_fa
     let (ok, s) = until(maddr, |s| {
         value(s, "mesh_broker_group_lag_events", &gl) == 0.0
             && value(s, "mesh_broker_group_oldest_unacked_age_seconds", &gl) == 0.0
+            && value(s, "mesh_broker_events_acked_total", &gl) == n
     })
     .await;
     assert!(ok, "lag after every ack:\n{}", dump(&s, t));
@@ -262,6 +280,9 @@ async fn counters_follow_a_known_workload_and_a_stalled_groups_lag_rises_then_fa
     let (ok, s) = until(maddr, |s| {
         value(s, "mesh_broker_events_dead_lettered_total", &gl2) == 1.0
             && value(s, "mesh_broker_group_lag_events", &gl2) == 0.0
+            && value(s, "mesh_broker_events_delivered_total", &gl2) == 2.0
+            && value(s, "mesh_broker_events_nacked_total", &gl2) == 2.0
+            && value(s, "mesh_broker_events_redelivered_total", &gl2) == 1.0
     })
     .await;
     assert!(ok, "dead letter counted:\n{}", dump(&s, t2));

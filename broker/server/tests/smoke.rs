@@ -18,11 +18,11 @@ async fn publish_then_consume_and_ack() {
     .await;
     assert_eq!(r.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![0, 1]);
     let mut s = Sub::open(&mut c, "orders", "billing", 10).await;
-    let d = s.take(2, Duration::from_secs(5)).await;
+    let d = s.take(2, Duration::from_secs(20)).await;
     assert_eq!(d.len(), 2);
     s.ack(d.iter().map(offset).collect()).await;
     assert!(
-        eventually(Duration::from_secs(5), || {
+        eventually(Duration::from_secs(20), || {
             let mut c = c.clone();
             async move { describe(&mut c, "orders", "billing").await.committed_offset == 2 }
         })

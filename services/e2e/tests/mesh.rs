@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, time::Duration};
 use common::*;
 use mesh_proto::{
     analytics::v1::GetStatsRequest,
-    billing::v1::{GetInvoiceRequest, ListInvoicesRequest},
+    billing::v1::{GetInvoiceRequest, Invoice, ListInvoicesRequest},
     orders::v1::{GetOrderRequest, OrderStatus},
     shipping::v1::GetShipmentRequest,
 };
@@ -38,6 +38,24 @@ async fn all_final(m: &Mesh, ids: &[String]) -> bool {
         }
     }
     true
+}
+
+/// The invoice of `order_id`. Billing records it after its publish
+/// returns, so the order can be final a moment before GetInvoice finds it.
+async fn invoice_of(m: &Mesh, order_id: &str) -> Invoice {
+    eventually_some(LONG, || async {
+        m.billing()
+            .await
+            .get_invoice(GetInvoiceRequest {
+                order_id: order_id.into(),
+                ..Default::default()
+            })
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    })
+    .await
+    .unwrap_or_else(|| panic!("no invoice for {order_id}:\n{}", m.logs()))
 }
 
 async fn place_n(m: &Mesh, prefix: &str, n: usize) -> Vec<String> {
@@ -110,39 +128,25 @@ async fn happy_path_and_declined_order() {
         cancelled.cancel_reason
     );
 
-    let inv = m
-        .billing()
-        .await
-        .get_invoice(GetInvoiceRequest {
-            order_id: ok.order_id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let inv = invoice_of(&m, &ok.order_id).await;
     assert!(inv.authorized);
     assert_eq!(inv.amount.unwrap().amount_minor, 4_200);
-    let declined = m
-        .billing()
-        .await
-        .get_invoice(GetInvoiceRequest {
-            order_id: big.order_id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let declined = invoice_of(&m, &big.order_id).await;
     assert!(!declined.authorized);
-    let ship = m
-        .shipping()
-        .await
-        .get_shipment(GetShipmentRequest {
-            order_id: ok.order_id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    // Shipping, too, records its shipment after the publish returns.
+    let ship = eventually_some(LONG, || async {
+        m.shipping()
+            .await
+            .get_shipment(GetShipmentRequest {
+                order_id: ok.order_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    })
+    .await
+    .unwrap_or_else(|| panic!("no shipment for {}:\n{}", ok.order_id, m.logs()));
     assert_eq!(ship.customer_id, "alice");
     let none = m
         .shipping()
@@ -189,14 +193,23 @@ async fn billing_down_then_back_bills_every_order_exactly_once() {
         "orders did not settle:\n{}",
         m.logs()
     );
-    let invoices = m
-        .billing()
-        .await
-        .list_invoices(ListInvoicesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .invoices;
+    // Billing records an invoice after its publish returns: the last
+    // order can be final before its invoice is listed.
+    let mut invoices = Vec::new();
+    for _ in 0..600 {
+        invoices = m
+            .billing()
+            .await
+            .list_invoices(ListInvoicesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .invoices;
+        if invoices.len() >= 50 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(invoices.len(), 50);
     let b = m.broker_url();
     let mut payments = count_by_subject(&b, "payments", PAYMENT_OK).await;

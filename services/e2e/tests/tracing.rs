@@ -120,6 +120,57 @@ async fn shipped(m: &Mesh, id: &str) -> bool {
     .await
 }
 
+/// The spans of the order's trace received so far, in arrival order.
+fn trace_spans(r: &Receiver) -> Vec<Span> {
+    r.spans
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.trace_id == TRACE)
+        .cloned()
+        .collect()
+}
+
+/// Whether `spans` hold every span the assertions of
+/// `one_order_is_one_trace_...` look up, and the parent of every span whose
+/// parent's service they check. Each process exports on its own schedule,
+/// so a span can arrive before its parent.
+fn has_what_is_asserted(spans: &[Span]) -> bool {
+    let has = |svc: &str, name: &str| spans.iter().any(|s| s.service == svc && s.name == name);
+    let parent_there = |s: &Span| spans.iter().any(|p| p.span_id == s.parent);
+    let named = [
+        ("orders", "mesh.orders.v1.Orders/PlaceOrder"),
+        ("orders", "send orders"),
+        ("billing", "process orders"),
+        ("billing", "send payments"),
+        ("broker", "publish payments"),
+        ("shipping", "process payments"),
+        ("broker", "publish shipments"),
+        ("orders", "process shipments"),
+        // Analytics reads all three topics of the order.
+        ("analytics", "process orders"),
+        ("analytics", "process payments"),
+        ("analytics", "process shipments"),
+    ];
+    // The broker's publish of the OrderPlaced that orders sent.
+    let placed_published = spans
+        .iter()
+        .find(|s| s.service == "orders" && s.name == "send orders")
+        .is_some_and(|send| {
+            spans.iter().any(|s| {
+                s.service == "broker" && s.name == "publish orders" && s.parent == send.span_id
+            })
+        });
+    named.iter().all(|(svc, name)| has(svc, name))
+        && placed_published
+        && spans
+            .iter()
+            .filter(|s| {
+                s.service == "analytics" || (s.service == "broker" && s.name == "publish shipments")
+            })
+            .all(parent_there)
+}
+
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 
@@ -141,25 +192,16 @@ async fn one_order_is_one_trace_across_every_service_and_the_broker() {
     let id = place_traced(&m, "traced-1", "trace-customer", 1_234).await;
     assert!(shipped(&m, &id).await, "{}", m.logs());
 
-    let wanted = ["orders", "broker", "billing", "shipping", "analytics"];
+    // Asserted on the very snapshot that had everything the assertions
+    // look up: spans keep arriving (later events of the order on `orders`
+    // are traced too), and one newer than the wait could miss its parent.
+    let mut spans = Vec::new();
     let all_there = eventually(Duration::from_secs(30), || {
-        let r = receiver.clone();
-        async move {
-            let spans = r.spans.lock().unwrap();
-            wanted.iter().all(|svc| spans.iter().any(|s| s.trace_id == TRACE && s.service == *svc))
-                // analytics sees all three topics of the order
-                && spans.iter().filter(|s| s.trace_id == TRACE && s.service == "analytics").count() >= 3
-        }
+        spans = trace_spans(&receiver);
+        let done = has_what_is_asserted(&spans);
+        async move { done }
     })
     .await;
-    let spans: Vec<Span> = receiver
-        .spans
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|s| s.trace_id == TRACE)
-        .cloned()
-        .collect();
     assert!(all_there, "spans of the order's trace: {spans:#?}");
 
     let by_id: HashMap<&str, &Span> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
@@ -214,12 +256,27 @@ async fn one_order_is_one_trace_across_every_service_and_the_broker() {
             .any(|s| s.service == "orders" && s.name == "process shipments")
     );
 
-    // JSON logs carry the trace id (and never the payload).
-    let log = std::fs::read_to_string(&m.services["billing"].log).unwrap();
-    let line = log
-        .lines()
-        .find(|l| l.contains("order billed"))
-        .expect("billing logged the order");
+    // JSON logs carry the trace id (and never the payload). Billing logs
+    // after its publish returns, so the order can be SHIPPED first: wait
+    // for the whole line.
+    let log_path = &m.services["billing"].log;
+    let billed_line = || {
+        let log = std::fs::read_to_string(log_path).unwrap_or_default();
+        log.split_inclusive('\n')
+            .find(|l| l.ends_with('\n') && l.contains("order billed"))
+            .map(str::to_string)
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let found = billed_line().is_some();
+            async move { found }
+        })
+        .await,
+        "billing never logged the order:\n{}",
+        m.logs()
+    );
+    let line = billed_line().expect("billing logged the order");
+    let line = line.trim_end();
     assert!(line.starts_with('{') && line.contains(TRACE), "{line}");
 }
 

@@ -46,6 +46,31 @@ pub fn test_config(dir: &Path) -> BrokerConfig {
     c
 }
 
+/// For tests that assert exactly what was delivered: no ack deadline or
+/// idle timeout can expire while a slow machine runs the test, so nothing
+/// is redelivered and no member dropped behind the test's back.
+pub fn no_deadlines(c: &mut BrokerConfig) {
+    c.delivery.ack_deadline_ms = 60_000;
+    c.delivery.idle_timeout_ms = 120_000;
+}
+
+/// A port for a child process to listen on. Not from `bind(0)`: a port the
+/// kernel handed out and took back can go to any outgoing connection before
+/// the child binds it. Each test process walks its own slice of
+/// 20000..32000, below the kernel's ephemeral range, and never reuses one.
+pub fn unused_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20000 + (std::process::id() % 60) as u16 * 200;
+    for _ in 0..200 {
+        let p = base + NEXT.fetch_add(1, Ordering::Relaxed) % 200;
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port in {base}..{}", base + 200);
+}
+
 pub struct TestBroker {
     pub addr: SocketAddr,
     pub dir: PathBuf,
@@ -70,8 +95,10 @@ impl TestBroker {
             stop: Some(stop),
             task: Some(task),
         };
-        // Wait until it answers.
-        for _ in 0..100 {
+        // Wait until it answers: bounded in time, and generously, since
+        // many brokers start at once on a loaded 2-core machine.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::time::Instant::now() < deadline {
             if let Ok(mut c) = b.try_client().await
                 && c.list_topics(pb::ListTopicsRequest {}).await.is_ok()
             {
@@ -79,7 +106,7 @@ impl TestBroker {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("broker did not start");
+        panic!("broker did not start within 30 s");
     }
 
     pub async fn try_client(&self) -> Result<Client, tonic::transport::Error> {

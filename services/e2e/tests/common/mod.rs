@@ -132,14 +132,16 @@ impl Proc {
     pub fn sigterm(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        for _ in 0..200 {
+        // Generous: draining on a loaded 2-core machine takes a while, and
+        // only the exit (not its speed) is under test.
+        for _ in 0..600 {
             if let Ok(Some(st)) = self.child.try_wait() {
                 return st;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = self.child.kill();
-        panic!("{} did not exit within 10 s of SIGTERM", self.name);
+        panic!("{} did not exit within 30 s of SIGTERM", self.name);
     }
 }
 
@@ -305,6 +307,22 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     false
+}
+
+/// Polls `f` until it returns `Some`, for at most `timeout`; that value.
+pub async fn eventually_some<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
 }
 
 /// Events of `topic` by type, as stored in the log: (type, subject) pairs.
