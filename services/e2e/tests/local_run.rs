@@ -54,6 +54,7 @@ fn grpcurl(block: &str, base: u16) -> String {
     let out = Command::new("bash")
         .arg("-c")
         .arg(&script)
+        .env("PATH", mesh_test_support::path_with_grpcurl())
         .output()
         .unwrap();
     let text = format!(
