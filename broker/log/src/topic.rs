@@ -404,6 +404,15 @@ impl TopicLog {
             {
                 break;
             }
+            // The previous segment stopped short of its end (its next
+            // record would have passed max_bytes): going on here would skip
+            // the rest of it.
+            if out
+                .last()
+                .is_some_and(|r: &Record| r.offset + 1 != seg.base)
+            {
+                break;
+            }
             let budget = if out.is_empty() {
                 max_bytes
             } else {

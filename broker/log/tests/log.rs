@@ -91,6 +91,43 @@ fn batches_get_consecutive_offsets_and_survive_reopen() {
     );
 }
 
+/// A read whose byte budget ends inside a segment must stop there, not
+/// carry on at the next segment: every budget reads the log back whole.
+#[test]
+fn reads_bounded_by_bytes_never_skip_the_rest_of_a_segment() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let log = create(dir.path(), small_cfg(), TopicConfig::default());
+    append(
+        &rt,
+        &log,
+        (0..300).map(|i| rec(vec![i as u8; 200])).collect(),
+    );
+    assert!(
+        segment_files(dir.path()).len() > 3,
+        "the test needs several segments"
+    );
+    for max_bytes in [1, 150, 200, 450, 1000, 3000, 8 << 10, 20 << 10] {
+        let mut from = 0;
+        while from < 300 {
+            let batch = log.read(from, 1000, max_bytes).unwrap();
+            assert!(
+                !batch.is_empty(),
+                "empty read at {from} (max_bytes {max_bytes})"
+            );
+            for r in batch {
+                assert_eq!(
+                    r.offset, from,
+                    "max_bytes {max_bytes}: skipped to {}",
+                    r.offset
+                );
+                assert_eq!(&r.payload[..], &[from as u8; 200][..]);
+                from += 1;
+            }
+        }
+    }
+}
+
 #[test]
 fn sealed_segments_open_from_sidecars_and_rebuild_lost_ones() {
     let rt = rt();
