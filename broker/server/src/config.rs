@@ -75,6 +75,17 @@ pub struct LimitsConfig {
     pub max_credit: u32,
     /// Events a group holds in memory ahead of its acks.
     pub group_window: usize,
+    /// Payload bytes a group holds in memory ahead of its acks: with
+    /// `group_window`, whichever is reached first stops the read-ahead, so
+    /// large events cannot multiply a window counted in events.
+    pub group_window_bytes: usize,
+    /// Bytes of responses one Subscribe stream may have queued in the broker
+    /// while its client does not read; past that its session pauses.
+    pub subscriber_buffer_bytes: usize,
+    /// Bytes of responses queued for all subscribers together. Past it the
+    /// slow streams stay paused and new subscriptions get
+    /// RESOURCE_EXHAUSTED, so readers that stall cannot exhaust memory.
+    pub max_buffered_bytes: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -154,6 +165,9 @@ impl Default for LimitsConfig {
             max_publishers: 1024,
             max_credit: 10_000,
             group_window: 20_000,
+            group_window_bytes: 64 << 20,
+            subscriber_buffer_bytes: 1 << 20,
+            max_buffered_bytes: 256 << 20,
         }
     }
 }
@@ -271,6 +285,7 @@ impl BrokerConfig {
             ("limits.max_subscribers", l.max_subscribers),
             ("limits.max_publishers", l.max_publishers),
             ("limits.max_credit", l.max_credit as usize),
+            ("limits.subscriber_buffer_bytes", l.subscriber_buffer_bytes),
         ] {
             if v == 0 {
                 return invalid(key, "must be greater than 0");
@@ -284,6 +299,25 @@ impl BrokerConfig {
         }
         if l.group_window < l.max_credit as usize {
             return invalid("limits.group_window", "must be at least limits.max_credit");
+        }
+        if l.group_window_bytes < l.max_event_bytes {
+            return invalid(
+                "limits.group_window_bytes",
+                "must be at least limits.max_event_bytes",
+            );
+        }
+        // The outbox counts bytes with a semaphore, whose permits are u32.
+        if l.subscriber_buffer_bytes > u32::MAX as usize {
+            return invalid(
+                "limits.subscriber_buffer_bytes",
+                format!("must be at most {}", u32::MAX),
+            );
+        }
+        if l.max_buffered_bytes < l.subscriber_buffer_bytes {
+            return invalid(
+                "limits.max_buffered_bytes",
+                "must be at least limits.subscriber_buffer_bytes",
+            );
         }
         for (i, t) in self.topics.iter().enumerate() {
             if let Err(e) = mesh_log::names::validate("topic", &t.name) {

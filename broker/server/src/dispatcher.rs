@@ -6,7 +6,8 @@
 //! it answers on each member's bounded channel.
 //!
 //! - **Window.** It reads ahead of the group's acks at most
-//!   `limits.group_window` events, and only while members are connected,
+//!   `limits.group_window` events and `limits.group_window_bytes` of
+//!   payload, and only while members are connected,
 //!   so a stalled group costs a bounded amount of memory.
 //! - **Credit.** A member never holds more unacked deliveries than its
 //!   credit.
@@ -121,6 +122,11 @@ pub enum Cmd {
         reason: String,
     },
     Credit(u64, u32),
+    /// Deliveries to an auto-ack member reached its stream's outbox: they
+    /// count as acked now, not when they were handed to the session, so a
+    /// reader that stalls holds at most its credit (and the window keeps
+    /// the events until then).
+    Sent(u64, Vec<u64>),
     Describe(oneshot::Sender<Snapshot>),
     Seek {
         target: u64,
@@ -240,6 +246,9 @@ pub struct Dispatcher {
     committed: Option<u64>,
     next_read: u64,
     pending: BTreeMap<u64, Entry>,
+    /// Payload bytes of the records in `pending`, against
+    /// `limits.group_window_bytes`.
+    pending_bytes: usize,
     keys: HashMap<Arc<str>, VecDeque<u64>>,
     /// Events waiting behind an earlier unfinished event of their key (all
     /// but the front of each `keys` queue): read, but not handed out yet.
@@ -293,6 +302,7 @@ impl Dispatcher {
             committed,
             next_read: committed.unwrap_or(0),
             pending: BTreeMap::new(),
+            pending_bytes: 0,
             keys: HashMap::new(),
             held: 0,
             ready: BTreeSet::new(),
@@ -398,7 +408,7 @@ impl Dispatcher {
     fn next_wake(&self) -> Instant {
         let now = Instant::now();
         let more = !self.members.is_empty()
-            && self.pending.len() < self.cfg.limits.group_window
+            && !self.window_full()
             && self.next_read < self.read_limit()
             && self.read_backoff_until.is_none_or(|t| t <= now);
         if more {
@@ -463,6 +473,14 @@ impl Dispatcher {
                         ));
                         self.send_error(id, &e);
                     }
+                }
+            }
+            Cmd::Sent(id, offsets) => {
+                for off in offsets {
+                    // Not in flight any more (a seek reset it, or the
+                    // member's events went back): nothing to ack, and the
+                    // member asked for nothing.
+                    let _ = self.ack(id, off);
                 }
             }
             Cmd::Describe(reply) => {
@@ -556,6 +574,7 @@ impl Dispatcher {
             // again from the first event not yet done.
             self.next_read = self.position();
             self.pending.clear();
+            self.pending_bytes = 0;
             self.keys.clear();
             self.held = 0;
             self.ready.clear();
@@ -598,6 +617,7 @@ impl Dispatcher {
         let Some(e) = self.pending.remove(&off) else {
             return;
         };
+        self.pending_bytes -= e.record.payload.len();
         if let Some(k) = e.key
             && let Some(q) = self.keys.get_mut(&k)
         {
@@ -719,6 +739,13 @@ impl Dispatcher {
         }
     }
 
+    /// The read-ahead holds `limits.group_window` events or
+    /// `limits.group_window_bytes` of payload, whichever comes first.
+    fn window_full(&self) -> bool {
+        let l = &self.cfg.limits;
+        self.pending.len() >= l.group_window || self.pending_bytes >= l.group_window_bytes
+    }
+
     /// Reads ahead from the log into the window.
     async fn fill(&mut self) {
         let now = Instant::now();
@@ -726,21 +753,20 @@ impl Dispatcher {
             return;
         }
         self.read_backoff_until = None;
-        let room = self
-            .cfg
-            .limits
-            .group_window
-            .saturating_sub(self.pending.len());
         let limit = self.read_limit();
-        if room == 0 || self.next_read >= limit {
+        if self.window_full() || self.next_read >= limit {
             return;
         }
-        let n = room
+        let l = &self.cfg.limits;
+        let n = (l.group_window - self.pending.len())
             .min(READ_BATCH)
             .min(usize::try_from(limit - self.next_read).unwrap_or(usize::MAX));
+        // A read returns at least one record whatever this says, so an
+        // event larger than the room left still gets in.
+        let bytes = (l.group_window_bytes - self.pending_bytes).min(4 << 20);
         match self
             .storage
-            .read(&self.topic, self.next_read, n, 4 << 20)
+            .read(&self.topic, self.next_read, n, bytes)
             .await
         {
             Ok(records) => {
@@ -821,6 +847,7 @@ impl Dispatcher {
         if state == State::Ready {
             self.ready.insert(offset);
         }
+        self.pending_bytes += record.payload.len();
         self.pending.insert(
             offset,
             Entry {
@@ -860,6 +887,10 @@ impl Dispatcher {
                 let now = Instant::now();
                 let now_us = convert::now_us();
                 let deadline = now + deadline_after;
+                // An auto-ack member acks by reading (Cmd::Sent): no
+                // deadline, or a reader that stalls would have its events
+                // redelivered to itself until they were dead-lettered.
+                let auto_ack = self.members[&id].auto_ack;
                 let mut batch = Vec::with_capacity(n);
                 for _ in 0..n {
                     let off = self.ready.pop_first().expect("ready is not empty");
@@ -875,7 +906,9 @@ impl Dispatcher {
                         member: id,
                         deadline,
                     };
-                    self.deadlines.insert((deadline, off));
+                    if !auto_ack {
+                        self.deadlines.insert((deadline, off));
+                    }
                     batch.push(pb::Delivery {
                         event: Some(e.take_event(&self.topic)),
                         delivery_attempt: e.attempt,
@@ -888,7 +921,6 @@ impl Dispatcher {
                     .filter_map(|d| d.event.as_ref().map(|e| e.offset))
                     .collect();
                 m.in_flight.extend(&offsets);
-                let auto_ack = m.auto_ack;
                 if m.out.try_send(Outbound::Deliveries(batch)).is_err() {
                     // Credit bounds what a member can have queued, so a full
                     // channel means the session is gone.
@@ -896,11 +928,6 @@ impl Dispatcher {
                     continue;
                 }
                 self.metrics.delivered.increment(n as u64);
-                if auto_ack {
-                    for off in offsets {
-                        let _ = self.ack(id, off);
-                    }
-                }
             }
         }
     }
@@ -1055,6 +1082,7 @@ impl Dispatcher {
             m.in_flight.clear();
         }
         self.pending.clear();
+        self.pending_bytes = 0;
         self.keys.clear();
         self.held = 0;
         self.ready.clear();

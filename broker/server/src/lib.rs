@@ -6,6 +6,8 @@
 //! - [`service`]: the gRPC edge (generated `Broker` trait).
 //! - [`publish`]: the Publish stream and PublishUnary.
 //! - [`subscribe`]: Subscribe sessions: group members and ephemeral tails.
+//! - [`outbox`]: what a Subscribe stream may queue, bounded in bytes per
+//!   stream and broker-wide.
 //! - [`dispatcher`]: one consumer group's actor: credit, per-key order,
 //!   acks, redelivery with backoff, dead-lettering, committed position.
 //! - [`groups`]: the running dispatchers.
@@ -26,6 +28,7 @@ pub mod dlq;
 pub mod error;
 pub mod groups;
 pub mod metrics;
+pub mod outbox;
 pub mod publish;
 pub mod server;
 pub mod service;

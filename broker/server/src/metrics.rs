@@ -42,9 +42,10 @@ pub const FSYNC_SECONDS: &str = mesh_log::writer::FSYNC_SECONDS;
 pub const TOPIC_BYTES: &str = "mesh_broker_topic_bytes";
 pub const PUBLISHERS: &str = "mesh_broker_connected_publishers";
 pub const SUBSCRIBERS: &str = "mesh_broker_connected_subscribers";
+pub const BUFFERED: &str = "mesh_broker_subscriber_buffered_bytes";
 
 /// Every metric the broker records (the README lists them all).
-pub const ALL: [&str; 15] = [
+pub const ALL: [&str; 16] = [
     PUBLISHED,
     DUPLICATES,
     DELIVERED,
@@ -60,6 +61,7 @@ pub const ALL: [&str; 15] = [
     TOPIC_BYTES,
     PUBLISHERS,
     SUBSCRIBERS,
+    BUFFERED,
 ];
 
 /// Histogram buckets (seconds) for append and fsync latency: 100 µs to 10 s.
@@ -173,6 +175,11 @@ fn describe() {
     );
     describe_gauge!(PUBLISHERS, Unit::Count, "Open Publish streams.");
     describe_gauge!(SUBSCRIBERS, Unit::Count, "Open Subscribe streams.");
+    describe_gauge!(
+        BUFFERED,
+        Unit::Bytes,
+        "Bytes of responses queued in the broker for subscribers that have not read them yet (limits.max_buffered_bytes)."
+    );
 }
 
 /// Counts one publish request's outcome.
@@ -269,6 +276,7 @@ pub async fn age_at(storage: &dyn Storage, topic: &str, offset: u64) -> Duration
 pub async fn refresh_loop(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
     let every = BrokerConfig::ms(broker.cfg.delivery.lag_report_interval_ms);
     loop {
+        metrics::gauge!(BUFFERED).set(broker.buffers.used() as f64);
         for t in broker.storage.topics() {
             metrics::gauge!(TOPIC_BYTES, "topic" => t.name.clone()).set(t.bytes as f64);
             let Ok(groups) = broker.storage.groups(&t.name) else {

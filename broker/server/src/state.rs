@@ -10,6 +10,7 @@ use crate::{
     config::BrokerConfig,
     error::{BrokerError, Result},
     groups::Groups,
+    outbox::Budget,
 };
 
 pub struct Broker {
@@ -20,6 +21,10 @@ pub struct Broker {
     pub stopping: watch::Receiver<bool>,
     pub subscribers: Arc<Semaphore>,
     pub publishers: Arc<Semaphore>,
+    /// Bytes of responses queued for subscribers, broker-wide
+    /// (`limits.max_buffered_bytes`); every Subscribe stream's outbox
+    /// draws on it.
+    pub buffers: Budget,
 }
 
 impl Broker {
@@ -31,6 +36,10 @@ impl Broker {
         Broker {
             subscribers: Arc::new(Semaphore::new(cfg.limits.max_subscribers)),
             publishers: Arc::new(Semaphore::new(cfg.limits.max_publishers)),
+            buffers: Budget::new(
+                cfg.limits.max_buffered_bytes,
+                cfg.limits.subscriber_buffer_bytes,
+            ),
             storage,
             cfg,
             groups: Groups::default(),

@@ -12,6 +12,7 @@
 //! its requests in -d still works); it just cannot ack any more.
 
 use std::{
+    collections::VecDeque,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -25,7 +26,6 @@ use mesh_proto::broker::v1::{
     subscribe_request::Request, subscribe_response::Response,
 };
 use tokio::{sync::mpsc, time::Instant};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use crate::{
@@ -34,10 +34,11 @@ use crate::{
     dispatcher::{Cmd, GroupHandle, JoinRequest, Outbound, Start, member_id},
     dlq,
     error::{BrokerError, Result},
+    outbox::{self, Outbox, OutboxStream},
     state::Broker,
 };
 
-pub type SubscribeStream = ReceiverStream<Result<SubscribeResponse, Status>>;
+pub type SubscribeStream = OutboxStream;
 
 const DEFAULT_CREDIT: u32 = 100;
 static TAILS: AtomicU64 = AtomicU64::new(1);
@@ -130,6 +131,7 @@ pub async fn subscribe(
                 broker.cfg.limits.max_subscribers
             ))
         })?;
+    let (tx, rx) = broker.buffers.open()?;
     let idle = BrokerConfig::ms(broker.cfg.delivery.idle_timeout_ms);
     // Wait for `open`, but not past the start of a shutdown: the server's
     // graceful drain waits for every stream, so a client that connected
@@ -169,7 +171,6 @@ pub async fn subscribe(
     };
     let open = validate_open(&broker, open)?;
     broker.ensure_topic("open.topic", &open.topic).await?;
-    let (tx, rx) = mpsc::channel(64);
     if open.group.is_empty() {
         let start = resolve_start(&broker, &open.topic, open.start).await?;
         tokio::spawn(async move {
@@ -181,6 +182,9 @@ pub async fn subscribe(
             broker
                 .groups
                 .get_or_spawn(&open.topic, &open.group, &broker.storage, &broker.cfg)?;
+        // Deliveries are bounded by the member's credit (an auto-ack
+        // member's too: its session acks them only once they are in the
+        // outbox), so this channel never holds more than that many events.
         let (out_tx, out_rx) = mpsc::channel(broker.cfg.limits.max_credit as usize + 64);
         let (reply, joined) = tokio::sync::oneshot::channel();
         handle
@@ -211,7 +215,7 @@ pub async fn subscribe(
             let _ = handle.send(Cmd::Leave(member)).await;
         });
     }
-    Ok(ReceiverStream::new(rx))
+    Ok(rx)
 }
 
 pub async fn resolve_start(broker: &Broker, topic: &str, start: Start) -> Result<u64> {
@@ -242,6 +246,10 @@ fn outbound(o: Outbound) -> Response {
     }
 }
 
+/// Replies a session may queue while its client is not reading, before it
+/// stops reading the client's requests too (each request can add one).
+const MAX_QUEUED_REPLIES: usize = 16;
+
 async fn group_session(
     broker: &Broker,
     handle: &GroupHandle,
@@ -249,7 +257,7 @@ async fn group_session(
     auto_ack: bool,
     mut inbound: Streaming<SubscribeRequest>,
     mut out_rx: mpsc::Receiver<Outbound>,
-    tx: mpsc::Sender<Result<SubscribeResponse, Status>>,
+    tx: Outbox,
 ) {
     let d = &broker.cfg.delivery;
     let idle = BrokerConfig::ms(d.idle_timeout_ms);
@@ -258,36 +266,54 @@ async fn group_session(
     let mut last_seen = Instant::now();
     let mut inbound_open = true;
     let mut stopping = broker.stopping.clone();
+    // Responses waiting for room in the outbox, each with the offsets it
+    // delivers to an auto-ack member (acked once it is in the outbox).
+    // While it is not empty the session takes nothing more from the
+    // dispatcher, but it goes on reading acks and watching the idle timer.
+    let mut queue: VecDeque<(outbox::Item, Vec<u64>)> = VecDeque::new();
     loop {
+        let front = queue.front().map(|(item, _)| outbox::size(item));
         tokio::select! {
             _ = crate::state::stopped(&mut stopping) => {
-                let _ = tx.send(Err(Status::from(BrokerError::ShuttingDown))).await;
+                tx.finish(Status::from(BrokerError::ShuttingDown));
                 return;
             }
-            out = out_rx.recv() => {
+            out = out_rx.recv(), if queue.is_empty() => {
                 let Some(o) = out else {
-                    let _ = tx.send(Err(Status::unavailable("the group was stopped (topic or group deleted, or shutdown); reconnect"))).await;
+                    tx.finish(Status::unavailable("the group was stopped (topic or group deleted, or shutdown); reconnect"));
                     return;
                 };
-                if tx.send(msg(outbound(o))).await.is_err() {
+                let sent = match &o {
+                    Outbound::Deliveries(d) if auto_ack => d
+                        .iter()
+                        .filter_map(|d| d.event.as_ref().map(|e| e.offset))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                queue.push_back((msg(outbound(o)), sent));
+            }
+            slot = tx.reserve(front.unwrap_or(0)), if front.is_some() => {
+                let Ok(slot) = slot else { return };
+                let (item, sent) = queue.pop_front().expect("front is some");
+                slot.send(item);
+                if !sent.is_empty() && handle.send(Cmd::Sent(member, sent)).await.is_err() {
+                    tx.finish(Status::unavailable("the group was stopped; reconnect"));
                     return;
                 }
             }
-            req = inbound.message(), if inbound_open => {
+            req = inbound.message(), if inbound_open && queue.len() < MAX_QUEUED_REPLIES => {
                 match req {
                     Ok(Some(req)) => {
                         last_seen = Instant::now();
                         match handle_request(handle, member, req).await {
                             Ok(()) => {}
                             Err(Refusal::Fatal(status)) => {
-                                let _ = tx.send(Err(status)).await;
+                                tx.finish(status);
                                 return;
                             }
                             Err(Refusal::Refused(e)) => {
                                 let e = Response::Error(crate::error::to_proto(&e));
-                                if tx.send(msg(e)).await.is_err() {
-                                    return;
-                                }
+                                queue.push_back((msg(e), Vec::new()));
                             }
                         }
                     }
@@ -299,13 +325,13 @@ async fn group_session(
             _ = tx.closed() => return,
             _ = heartbeat.tick() => {
                 if !auto_ack && last_seen.elapsed() > idle {
-                    let _ = tx.send(Err(Status::deadline_exceeded(format!(
+                    tx.finish(Status::deadline_exceeded(format!(
                         "no request from this subscriber for delivery.idle_timeout_ms = {} ms; its in-flight events went back to the group",
                         idle.as_millis()
-                    )))).await;
+                    )));
                     return;
                 }
-                if tx.send(msg(Response::Heartbeat(pb::Heartbeat {}))).await.is_err() {
+                if queue.is_empty() && tx.try_send(msg(Response::Heartbeat(pb::Heartbeat {}))).is_err() {
                     return;
                 }
             }
@@ -370,7 +396,7 @@ async fn tail(
     open: Opened,
     start: u64,
     mut inbound: Streaming<SubscribeRequest>,
-    tx: mpsc::Sender<Result<SubscribeResponse, Status>>,
+    tx: Outbox,
 ) {
     let id = format!("tail-{}", TAILS.fetch_add(1, Ordering::Relaxed));
     let _ = tx
@@ -392,15 +418,22 @@ async fn tail(
     let mut caught_up_sent = false;
     let mut inbound_open = true;
     let batch = open.credit.clamp(1, 256) as usize;
+    // A quarter of the stream's share per read: the outbox then holds a few
+    // reads, and a stalled tail holds little more than its outbox.
+    let read_bytes = (broker.cfg.limits.subscriber_buffer_bytes / 4).clamp(1, 1 << 20);
     loop {
-        let records = match broker.storage.read(&open.topic, pos, batch, 1 << 20).await {
+        let records = match broker
+            .storage
+            .read(&open.topic, pos, batch, read_bytes)
+            .await
+        {
             Ok(r) => r,
             Err(LogError::OffsetTruncated { earliest, .. }) => {
                 pos = earliest;
                 continue;
             }
             Err(e) => {
-                let _ = tx.send(Err(Status::from(BrokerError::from(e)))).await;
+                tx.finish(Status::from(BrokerError::from(e)));
                 return;
             }
         };
@@ -415,37 +448,31 @@ async fn tail(
                     delivery_attempt: 1,
                 })
                 .collect();
-            if tx
-                .send(msg(Response::Deliveries(pb::Deliveries { deliveries })))
-                .await
-                .is_err()
-            {
+            let deliveries = msg(Response::Deliveries(pb::Deliveries { deliveries }));
+            if !send_or_stop(&tx, deliveries, &mut stopping).await {
                 return;
             }
             continue;
         }
         if !caught_up_sent {
             caught_up_sent = true;
-            if tx
-                .send(msg(Response::CaughtUp(pb::CaughtUp { head: pos })))
-                .await
-                .is_err()
-            {
+            let caught_up = msg(Response::CaughtUp(pb::CaughtUp { head: pos }));
+            if !send_or_stop(&tx, caught_up, &mut stopping).await {
                 return;
             }
         }
         tokio::select! {
             _ = crate::state::stopped(&mut stopping) => {
-                let _ = tx.send(Err(Status::from(BrokerError::ShuttingDown))).await;
+                tx.finish(Status::from(BrokerError::ShuttingDown));
                 return;
             }
             changed = head.changed() => if changed.is_err() {
-                let _ = tx.send(Err(Status::not_found(format!("topic {:?} was deleted", open.topic)))).await;
+                tx.finish(Status::not_found(format!("topic {:?} was deleted", open.topic)));
                 return;
             },
             req = inbound.message(), if inbound_open => match req {
                 Ok(Some(SubscribeRequest { request: Some(Request::Open(_)) })) => {
-                    let _ = tx.send(Err(Status::failed_precondition("open: the subscription is already open; send open once per stream"))).await;
+                    tx.finish(Status::failed_precondition("open: the subscription is already open; send open once per stream"));
                     return;
                 }
                 Ok(Some(_)) => {}
@@ -454,10 +481,26 @@ async fn tail(
             },
             _ = tx.closed() => return,
             _ = heartbeat.tick() => {
-                if tx.send(msg(Response::Heartbeat(pb::Heartbeat {}))).await.is_err() {
+                if tx.try_send(msg(Response::Heartbeat(pb::Heartbeat {}))).is_err() {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Queues `item`, waiting for room unless shutdown starts first; false
+/// means the session ends.
+async fn send_or_stop(
+    tx: &Outbox,
+    item: outbox::Item,
+    stopping: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        r = tx.send(item) => r.is_ok(),
+        _ = crate::state::stopped(stopping) => {
+            tx.finish(Status::from(BrokerError::ShuttingDown));
+            false
         }
     }
 }

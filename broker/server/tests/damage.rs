@@ -66,13 +66,6 @@ struct Damaged {
     _dir: tempfile::TempDir,
 }
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<_> = std::fs::read_dir(dir.join("topics").join(TOPIC))
         .unwrap()
@@ -115,7 +108,7 @@ fn flip_byte(path: &Path, pos: u64) {
 /// A broker whose topic holds `N` events, one of them damaged at `place`.
 async fn damaged(place: Place) -> Damaged {
     let dir = tempfile::tempdir().unwrap();
-    let metrics = free_addr();
+    let metrics = SocketAddr::from(([127, 0, 0, 1], common::unused_port()));
     let listen = metrics.to_string();
     let env = [
         ("BROKER__METRICS_LISTEN", listen.as_str()),
