@@ -346,14 +346,26 @@ impl Dispatcher {
                     None => break,
                     Some(Cmd::Stop(reply)) => { stop_reply = Some(reply); break; }
                     Some(cmd) => {
+                        // A new member is handed its events before any
+                        // command queued behind its join: a client that
+                        // acks at once (grpcurl with its requests in -d)
+                        // acks an offset it already holds.
+                        let joined = matches!(cmd, Cmd::Join(..));
                         self.handle(cmd).await;
                         // Take every command already queued (mostly acks)
                         // before the next read and pump: one read-ahead per
                         // burst of acks instead of one per ack.
                         let mut stop = false;
                         for _ in 0..MAX_CMDS_PER_STEP {
+                            if joined {
+                                break;
+                            }
                             match rx.try_recv() {
                                 Ok(Cmd::Stop(reply)) => { stop_reply = Some(reply); stop = true; break; }
+                                Ok(Cmd::Join(req, reply)) => {
+                                    self.handle(Cmd::Join(req, reply)).await;
+                                    break;
+                                }
                                 Ok(cmd) => self.handle(cmd).await,
                                 Err(mpsc::error::TryRecvError::Empty) => break,
                                 Err(mpsc::error::TryRecvError::Disconnected) => { stop = true; break; }

@@ -1146,3 +1146,50 @@ async fn committed_progress_survives_consumer_and_broker_restarts() {
     drop(s);
     b.stop().await;
 }
+
+/// grpcurl's way (README, "Subscribe as group billing and ack offset 0"):
+/// `open` and an ack of offset 0 in one burst, before anything arrived.
+/// The new member holds offset 0 by the time its ack is handled, so the ack
+/// is taken and the group commits past it, with no in-stream error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_sent_right_behind_open_acks_the_first_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start(dir.path(), no_deadlines).await;
+    let mut c = b.client().await;
+    create_topic(&mut c, "t").await;
+    publish(&mut c, "t", vec![event("e0", "", "x")]).await;
+    for round in 0..20 {
+        let group = format!("g{round}");
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(open_req("t", &group, 10)).await.unwrap();
+        tx.send(pb::SubscribeRequest {
+            request: Some(Request::Ack(pb::Ack { offsets: vec![0] })),
+        })
+        .await
+        .unwrap();
+        let mut s = c
+            .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        // Opened, the delivery of offset 0, then CaughtUp (an ack that
+        // came too early would be refused in-stream, and never commit).
+        let mut seen = Vec::new();
+        while let Some(m) = tokio::time::timeout(WAIT, s.message())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            match m.response {
+                Some(Response::Heartbeat(_)) | Some(Response::Lag(_)) => {}
+                Some(Response::CaughtUp(_)) => break,
+                Some(Response::Error(e)) => panic!("round {round}: in-stream error {e:?}"),
+                other => seen.push(other),
+            }
+        }
+        assert_eq!(seen.len(), 2, "round {round}: {seen:?}");
+        wait_committed(&c, "t", &group, 1).await;
+        drop(tx);
+    }
+    b.stop().await;
+}
