@@ -16,16 +16,12 @@
 
 mod common;
 
-use std::{
-    io::{BufRead, BufReader},
-    net::SocketAddr,
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 use bytes::Bytes;
-use common::{Client, Sub, TestBroker, connect, create_topic, eventually, offset, publish};
+use common::{
+    BrokerProcess, Client, Sub, TestBroker, connect, create_topic, eventually, offset, publish,
+};
 use mesh_log::{AppendRecord, FsyncPolicy, LocalStorage, LogConfig, Storage, TopicConfig};
 use mesh_proto::broker::v1::{self as pb, subscribe_request::Request};
 use prost::Message;
@@ -86,44 +82,14 @@ async fn write_backlog(dir: &Path) {
     log.close().await;
 }
 
-/// Kills the broker when the test ends, passed or not.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The broker binary on the data dir (`MEMORY_TEST_BROKER` may name another
 /// build of it, to measure an older broker side by side).
-fn spawn_broker(dir: &Path) -> (Killed, SocketAddr) {
+fn spawn_broker(dir: &Path) -> BrokerProcess {
     let bin = std::env::var("MEMORY_TEST_BROKER")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_broker").to_string());
-    let mut child = Command::new(bin)
-        .env("BROKER__LISTEN", "127.0.0.1:0")
-        .env("BROKER__METRICS_LISTEN", "")
-        .env("BROKER__DATA_DIR", dir)
-        // The never-acking group must keep its events in flight.
-        .env("BROKER__DELIVERY__ACK_DEADLINE_MS", "600000")
-        .env("RUST_LOG", "warn")
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("broker listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .unwrap();
-    (Killed(child), addr)
+    // The never-acking group must keep its events in flight.
+    let env = [("BROKER__DELIVERY__ACK_DEADLINE_MS", "600000")];
+    BrokerProcess::spawn_bin(bin.as_ref(), dir, &env)
 }
 
 fn rss_mib(pid: u32) -> u64 {
@@ -169,8 +135,8 @@ async fn stalled(addr: SocketAddr, req: pb::SubscribeRequest) -> (Client, Sub) {
 async fn sixteen_subscribers_that_never_read_leave_broker_memory_bounded() {
     let dir = tempfile::tempdir().unwrap();
     write_backlog(dir.path()).await;
-    let (broker, addr) = spawn_broker(dir.path());
-    let pid = broker.0.id();
+    let broker = spawn_broker(dir.path());
+    let (addr, pid) = (broker.addr, broker.child.id());
     let mut c = connect(addr).await.unwrap();
     let info = c
         .describe_topic(pb::DescribeTopicRequest { name: TOPIC.into() })

@@ -150,7 +150,13 @@ pub struct BrokerProcess {
 
 impl BrokerProcess {
     pub fn spawn(dir: &Path, env: &[(&str, &str)]) -> BrokerProcess {
-        Self::spawn_with_stderr(dir, env, Stdio::inherit())
+        Self::spawn_bin(env!("CARGO_BIN_EXE_broker").as_ref(), dir, env)
+    }
+
+    /// Like `spawn`, with another build of the broker binary (to measure an
+    /// older one side by side).
+    pub fn spawn_bin(bin: &Path, dir: &Path, env: &[(&str, &str)]) -> BrokerProcess {
+        Self::spawn_with_stderr(bin, dir, env, Stdio::inherit())
     }
 
     /// Like `spawn`, appending the broker's log (stderr) to `log`, for tests
@@ -161,11 +167,17 @@ impl BrokerProcess {
             .append(true)
             .open(log)
             .unwrap();
-        Self::spawn_with_stderr(dir, env, Stdio::from(f))
+        let bin = env!("CARGO_BIN_EXE_broker").as_ref();
+        Self::spawn_with_stderr(bin, dir, env, Stdio::from(f))
     }
 
-    fn spawn_with_stderr(dir: &Path, env: &[(&str, &str)], stderr: Stdio) -> BrokerProcess {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_broker"));
+    fn spawn_with_stderr(
+        bin: &Path,
+        dir: &Path,
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> BrokerProcess {
+        let mut cmd = Command::new(bin);
         cmd.env("BROKER__LISTEN", "127.0.0.1:0")
             // Off unless `env` sets it: many brokers run at once.
             .env("BROKER__METRICS_LISTEN", "")
@@ -203,6 +215,17 @@ impl BrokerProcess {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         self.child.wait().unwrap()
+    }
+}
+
+/// A test that fails must not leave its broker running (holding the test
+/// runner's output pipe open, and its port and CPU).
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
