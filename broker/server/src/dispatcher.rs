@@ -356,10 +356,8 @@ impl Dispatcher {
                         // before the next read and pump: one read-ahead per
                         // burst of acks instead of one per ack.
                         let mut stop = false;
-                        for _ in 0..MAX_CMDS_PER_STEP {
-                            if joined {
-                                break;
-                            }
+                        let burst = if joined { 0 } else { MAX_CMDS_PER_STEP };
+                        for _ in 0..burst {
                             match rx.try_recv() {
                                 Ok(Cmd::Stop(reply)) => { stop_reply = Some(reply); stop = true; break; }
                                 Ok(Cmd::Join(req, reply)) => {
