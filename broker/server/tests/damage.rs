@@ -30,9 +30,7 @@ use std::{
 use bytes::Bytes;
 use common::{BrokerProcess, Client, Sub, connect, event, eventually, offset, publish};
 use mesh_log::record::{self, Decoded};
-use mesh_proto::broker::v1::{
-    self as pb, start_position::Position, subscribe_request::Request, subscribe_response::Response,
-};
+use mesh_proto::broker::v1::{self as pb, start_position::Position, subscribe_response::Response};
 use tokio::time::Instant;
 use tonic::Code;
 
@@ -231,17 +229,7 @@ fn scrape(addr: SocketAddr) -> std::io::Result<String> {
 }
 
 fn tail_open(start: Position) -> pb::SubscribeRequest {
-    pb::SubscribeRequest {
-        request: Some(Request::Open(pb::Open {
-            topic: TOPIC.into(),
-            auto_ack: true,
-            max_in_flight: 256,
-            start: Some(pb::StartPosition {
-                position: Some(start),
-            }),
-            ..Default::default()
-        })),
-    }
+    common::open_from(TOPIC, "", 256, true, Some(start))
 }
 
 // ------------------------------------------------------------------ tail

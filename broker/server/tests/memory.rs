@@ -23,7 +23,7 @@ use common::{
     BrokerProcess, Client, Sub, TestBroker, connect, create_topic, eventually, offset, publish,
 };
 use mesh_log::{AppendRecord, FsyncPolicy, LocalStorage, LogConfig, Storage, TopicConfig};
-use mesh_proto::broker::v1::{self as pb, subscribe_request::Request};
+use mesh_proto::broker::v1 as pb;
 use prost::Message;
 
 const TOPIC: &str = "backlog";
@@ -108,18 +108,8 @@ fn open(group: &str, credit: u32, auto_ack: bool) -> pb::SubscribeRequest {
 }
 
 fn open_on(topic: &str, group: &str, credit: u32, auto_ack: bool) -> pb::SubscribeRequest {
-    pb::SubscribeRequest {
-        request: Some(Request::Open(pb::Open {
-            topic: topic.into(),
-            group: group.into(),
-            max_in_flight: credit,
-            auto_ack,
-            start: Some(pb::StartPosition {
-                position: Some(pb::start_position::Position::Earliest(pb::Empty {})),
-            }),
-            ..Default::default()
-        })),
-    }
+    let earliest = pb::start_position::Position::Earliest(pb::Empty {});
+    common::open_from(topic, group, credit, auto_ack, Some(earliest))
 }
 
 /// A subscriber on a connection of its own (so that one stalled stream

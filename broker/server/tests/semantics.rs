@@ -78,17 +78,7 @@ async fn publish_many(c: &mut Client, topic: &str, events: Vec<Event>) -> Vec<u6
 }
 
 fn open_at(topic: &str, group: &str, credit: u32, pos: Position) -> pb::SubscribeRequest {
-    pb::SubscribeRequest {
-        request: Some(Request::Open(pb::Open {
-            topic: topic.into(),
-            group: group.into(),
-            max_in_flight: credit,
-            start: Some(pb::StartPosition {
-                position: Some(pos),
-            }),
-            ..Default::default()
-        })),
-    }
+    open_from(topic, group, credit, false, Some(pos))
 }
 
 fn offsets(ds: &[pb::Delivery]) -> Vec<u64> {

@@ -271,11 +271,25 @@ pub struct Sub {
 }
 
 pub fn open_req(topic: &str, group: &str, credit: u32) -> pb::SubscribeRequest {
+    open_from(topic, group, credit, false, None)
+}
+
+/// An `open` with `auto_ack` and a start position as well (with no group
+/// and `auto_ack`, an ephemeral tail).
+pub fn open_from(
+    topic: &str,
+    group: &str,
+    credit: u32,
+    auto_ack: bool,
+    start: Option<pb::start_position::Position>,
+) -> pb::SubscribeRequest {
     pb::SubscribeRequest {
         request: Some(Request::Open(pb::Open {
             topic: topic.into(),
             group: group.into(),
             max_in_flight: credit,
+            auto_ack,
+            start: start.map(|p| pb::StartPosition { position: Some(p) }),
             ..Default::default()
         })),
     }
