@@ -125,8 +125,7 @@ impl Outbox {
     /// charged that share, so it still goes out, alone. Cancel-safe: a
     /// session can wait for room and for its client's requests at once.
     pub async fn reserve(&self, size: usize) -> Result<Slot, Closed> {
-        // Semaphores count in u32; the config keeps per_stream below that.
-        let cost = size.clamp(1, self.per_stream) as u32;
+        let cost = self.cost(size);
         let stream = tokio::select! {
             p = self.stream.clone().acquire_many_owned(cost) => p.map_err(|_| Closed)?,
             _ = self.tx.closed() => return Err(Closed),
@@ -142,6 +141,13 @@ impl Outbox {
         })
     }
 
+    /// The permits a response of `size` bytes takes: at most a stream's
+    /// whole share, at least one. (Semaphores count in u32; the config
+    /// keeps `per_stream` below that.)
+    fn cost(&self, size: usize) -> u32 {
+        size.clamp(1, self.per_stream) as u32
+    }
+
     /// Queues `item` once there is room for it.
     pub async fn send(&self, item: Item) -> Result<(), Closed> {
         self.reserve(size(&item)).await?.send(item);
@@ -151,7 +157,7 @@ impl Outbox {
     /// Queues `item` only if there is room now (a heartbeat to a client
     /// that is not reading would only wait behind its backlog).
     pub fn try_send(&self, item: Item) -> Result<(), Closed> {
-        let cost = size(&item).clamp(1, self.per_stream) as u32;
+        let cost = self.cost(size(&item));
         let (Ok(stream), Ok(broker)) = (
             self.stream.clone().try_acquire_many_owned(cost),
             self.broker.clone().try_acquire_many_owned(cost),
