@@ -48,8 +48,20 @@ const IDS_MAGIC: &[u8; 8] = b"MESHIDS1";
 /// Index of the entry to start a scan from when looking for `offset`:
 /// the last entry at or before it.
 pub fn floor_by_offset(entries: &[IndexEntry], offset: u64) -> Option<IndexEntry> {
+    floor_and_next_by_offset(entries, offset).0
+}
+
+/// [`floor_by_offset`], and the entry after it (where a scan from the
+/// floor crosses the next index point), from one search.
+pub fn floor_and_next_by_offset(
+    entries: &[IndexEntry],
+    offset: u64,
+) -> (Option<IndexEntry>, Option<IndexEntry>) {
     let i = entries.partition_point(|e| e.offset <= offset);
-    i.checked_sub(1).map(|i| entries[i])
+    (
+        i.checked_sub(1).map(|i| entries[i]),
+        entries.get(i).copied(),
+    )
 }
 
 /// The last entry strictly before `timestamp_us`: every record before it is

@@ -442,12 +442,11 @@ impl Segment {
         max_bytes: usize,
         out: &mut Vec<Record>,
     ) -> Result<usize> {
-        let (start, scan_end) = {
-            let idx = self.index.read().expect("index lock");
-            let next = idx.partition_point(|e| e.offset <= from);
-            let scan_end = idx.get(next).map_or(u64::MAX, |e| e.position);
-            (index::floor_by_offset(&idx, from), scan_end)
-        };
+        // The entry to start from, and where the next one begins (the end
+        // of a search for an intact record past damage).
+        let (start, next) =
+            index::floor_and_next_by_offset(&self.index.read().expect("index lock"), from);
+        let scan_end = next.map_or(u64::MAX, |e| e.position);
         let mut bytes = 0usize;
         let mut taken = 0usize;
         self.for_each_from(start, end_offset, max_bytes, Some((from, scan_end)), |r| {
