@@ -1,0 +1,258 @@
+//! The command line of broker-bench: clap flags, resolved into [`Args`]
+//! with the defaults that depend on `--quick`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// The broker measured end to end over gRPC. Prints a markdown report on
+/// stdout and progress on stderr.
+#[derive(Parser, Debug)]
+#[command(name = "broker-bench")]
+struct Cli {
+    /// Smoke run (about 5 s): smaller defaults for every limit below.
+    #[arg(long)]
+    quick: bool,
+    /// Where the fresh data directories are made [default: the temp dir].
+    #[arg(long, value_name = "PATH")]
+    dir: Option<PathBuf>,
+    /// The brokers' `storage.fsync`.
+    #[arg(long, value_enum, default_value_t = Fsync::Always)]
+    fsync: Fsync,
+    /// Time limit of one publish run, in seconds [default: 3; --quick: 0.3].
+    #[arg(long, value_name = "N", value_parser = positive_f64)]
+    seconds: Option<f64>,
+    /// Event limit of one publish run [default: 3000000; --quick: 100000].
+    #[arg(long, value_name = "N", value_parser = positive::<u64>)]
+    events: Option<u64>,
+    /// Interleaved rounds of all scenarios [default: 3; --quick: 1].
+    #[arg(long, value_name = "N", value_parser = positive::<usize>)]
+    rounds: Option<usize>,
+    /// Events written before the consume runs [default: 1000000; --quick: 30000].
+    #[arg(long, value_name = "N", value_parser = positive::<u64>)]
+    prefill: Option<u64>,
+    /// Time limit of the prefill and of one consume run, in seconds
+    /// [default: 10; --quick: 2].
+    #[arg(long, value_name = "N")]
+    consume_seconds: Option<f64>,
+    /// Events per second of the latency run.
+    #[arg(long, value_name = "N", default_value_t = 5_000, value_parser = positive::<u64>)]
+    rate: u64,
+    /// Length of the latency run, in seconds [default: 5; --quick: 0.5].
+    #[arg(long, value_name = "N")]
+    latency_seconds: Option<f64>,
+    /// The scenarios to run, comma-separated [default: all of them].
+    #[arg(long, value_enum, value_name = "PART,...", value_delimiter = ',')]
+    only: Vec<Part>,
+}
+
+/// The values of `--fsync`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Fsync {
+    Always,
+    Interval,
+}
+
+impl Fsync {
+    /// As in the broker's config file and the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fsync::Always => "always",
+            Fsync::Interval => "interval",
+        }
+    }
+}
+
+/// The scenarios, the values of `--only`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Part {
+    Publish,
+    Unary,
+    Baseline,
+    Consume,
+    Latency,
+}
+
+/// What one invocation runs, every default resolved.
+#[derive(Clone, Debug)]
+pub struct Args {
+    /// Printed in the report's first line.
+    pub quick: bool,
+    /// Base directory of the brokers' data directories.
+    pub dir: PathBuf,
+    /// fsync policy of every broker and of the storage-only baseline.
+    pub fsync: Fsync,
+    /// Time limit of one publish run.
+    pub seconds: f64,
+    /// Event limit of one publish run.
+    pub events: u64,
+    /// How many times every scenario runs, interleaved.
+    pub rounds: usize,
+    /// Length of the raw disk probe at the start of each round.
+    pub probe_seconds: f64,
+    /// Events written before the consume runs.
+    pub prefill: u64,
+    /// Time limit of the prefill and of one consume run.
+    pub consume_seconds: f64,
+    /// Events per second of the latency run.
+    pub rate: u64,
+    /// Length of the latency run.
+    pub latency_seconds: f64,
+    /// The scenarios that run.
+    pub only: Vec<Part>,
+}
+
+impl Args {
+    /// The process's arguments; on a bad flag, prints clap's message
+    /// (naming the flag) and exits with status 2.
+    pub fn from_env() -> Args {
+        Cli::parse().resolve()
+    }
+
+    /// Parses `argv` (program name first) without exiting.
+    #[cfg(test)]
+    pub fn try_parse_from<I, T>(argv: I) -> Result<Args, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Cli::try_parse_from(argv).map(Cli::resolve)
+    }
+
+    pub fn runs(&self, part: Part) -> bool {
+        self.only.contains(&part)
+    }
+}
+
+impl Cli {
+    fn resolve(self) -> Args {
+        let q = self.quick;
+        let secs = |quick, full| if q { quick } else { full };
+        let count = |quick, full| if q { quick } else { full };
+        Args {
+            quick: q,
+            dir: self.dir.unwrap_or_else(std::env::temp_dir),
+            fsync: self.fsync,
+            seconds: self.seconds.unwrap_or(secs(0.3, 3.0)),
+            events: self.events.unwrap_or(count(100_000, 3_000_000)),
+            rounds: self.rounds.unwrap_or(if q { 1 } else { 3 }),
+            probe_seconds: secs(0.1, 1.0),
+            prefill: self.prefill.unwrap_or(count(30_000, 1_000_000)),
+            consume_seconds: self.consume_seconds.unwrap_or(secs(2.0, 10.0)),
+            rate: self.rate,
+            latency_seconds: self.latency_seconds.unwrap_or(secs(0.5, 5.0)),
+            only: if self.only.is_empty() {
+                Part::value_variants().to_vec()
+            } else {
+                self.only
+            },
+        }
+    }
+}
+
+/// A number of seconds: finite and above zero.
+fn positive_f64(v: &str) -> Result<f64, String> {
+    let x: f64 = v.parse().map_err(|_| format!("not a number: {v}"))?;
+    if x.is_finite() && x > 0.0 {
+        Ok(x)
+    } else {
+        Err("must be positive".to_string())
+    }
+}
+
+/// A count above zero.
+fn positive<T: std::str::FromStr + Default + PartialEq>(v: &str) -> Result<T, String> {
+    let x: T = v.parse().map_err(|_| format!("not a number: {v}"))?;
+    if x == T::default() {
+        Err("must be positive".to_string())
+    } else {
+        Ok(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, String> {
+        Args::try_parse_from(std::iter::once("broker-bench").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_depend_on_quick_wherever_it_is() {
+        let full = parse(&[]).unwrap();
+        assert_eq!(
+            (full.seconds, full.events, full.rounds),
+            (3.0, 3_000_000, 3)
+        );
+        assert_eq!((full.prefill, full.consume_seconds), (1_000_000, 10.0));
+        assert_eq!((full.rate, full.latency_seconds), (5_000, 5.0));
+        assert_eq!(full.fsync, Fsync::Always);
+        assert_eq!(full.only.len(), 5);
+        assert_eq!(full.dir, std::env::temp_dir());
+
+        let quick = parse(&["--rounds", "2", "--quick"]).unwrap();
+        assert_eq!(
+            (quick.seconds, quick.events, quick.rounds),
+            (0.3, 100_000, 2)
+        );
+        assert_eq!((quick.prefill, quick.consume_seconds), (30_000, 2.0));
+        assert_eq!(quick.latency_seconds, 0.5);
+        assert!(quick.quick);
+    }
+
+    #[test]
+    fn every_documented_flag_parses() {
+        let a = parse(&[
+            "--dir",
+            "/x",
+            "--fsync",
+            "interval",
+            "--rounds",
+            "5",
+            "--seconds",
+            "1.5",
+            "--events",
+            "7",
+            "--prefill",
+            "300000",
+            "--consume-seconds",
+            "4",
+            "--rate",
+            "100",
+            "--latency-seconds",
+            "2",
+            "--only",
+            "consume,latency",
+        ])
+        .unwrap();
+        assert_eq!(a.dir, PathBuf::from("/x"));
+        assert_eq!(a.fsync, Fsync::Interval);
+        assert_eq!((a.rounds, a.seconds, a.events), (5, 1.5, 7));
+        assert_eq!((a.prefill, a.consume_seconds), (300_000, 4.0));
+        assert_eq!((a.rate, a.latency_seconds), (100, 2.0));
+        assert_eq!(a.only, [Part::Consume, Part::Latency]);
+        assert!(a.runs(Part::Latency) && !a.runs(Part::Publish));
+        let all = parse(&["--only", "publish,unary,baseline,consume,latency"]).unwrap();
+        assert_eq!(all.only, Part::value_variants());
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        for (args, flag) in [
+            (&["--seconds", "0"][..], "--seconds"),
+            (&["--events", "0"], "--events"),
+            (&["--rounds", "x"], "--rounds"),
+            (&["--prefill", "0"], "--prefill"),
+            (&["--rate", "0"], "--rate"),
+            (&["--fsync", "never"], "--fsync"),
+            (&["--only", "publish,foo"], "--only"),
+            (&["--dir"], "--dir"),
+            (&["--bogus"], "--bogus"),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert!(e.contains(flag), "{args:?}: {e}");
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Storage only: the broker's storage without gRPC, as a ceiling for
+//! Publish in the same disk state.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use mesh_log::{AppendRecord, LocalStorage, Storage, TopicConfig};
+use prost::Message;
+use tokio::{runtime::Runtime, sync::Semaphore};
+
+use crate::{
+    Res, TOPIC,
+    args::Args,
+    broker::{broker_config, on_clients},
+    cpu::{Cpu, cpu_now},
+    data,
+    disk::RunDir,
+    err, event,
+    publish::Shape,
+    stats::Run,
+};
+
+/// The broker's storage without gRPC: the same encoded events (with ids)
+/// submitted with the same pipelining as a Publish stream.
+pub fn baseline_run(rt: &Runtime, args: &Args, shape: Shape) -> Res<Run> {
+    let dir = RunDir::new(&args.dir, "baseline")?;
+    let cfg = broker_config(args, dir.0.clone());
+    let storage: Arc<dyn Storage> =
+        Arc::new(LocalStorage::open(&dir.0, cfg.log_config()).map_err(err)?);
+    let limit = Duration::from_secs_f64(args.seconds);
+    let max_events = args.events;
+    let st = storage.clone();
+    let run = on_clients(rt, async move {
+        st.create_topic(TOPIC, TopicConfig::default())
+            .await
+            .map_err(err)?;
+        let claimed = Arc::new(AtomicU64::new(0));
+        let cpu0 = cpu_now();
+        let start = Instant::now();
+        let deadline = start + limit;
+        let mut tasks = Vec::new();
+        for s in 0..shape.streams {
+            let (st, claimed) = (st.clone(), claimed.clone());
+            let reqs = shape.requests_per_stream();
+            tasks.push(tokio::spawn(async move {
+                let data = data();
+                let permits = Arc::new(Semaphore::new(reqs));
+                let mut seq = 0u64;
+                let mut acks = Vec::new();
+                loop {
+                    let p = permits.clone().acquire_owned().await.map_err(err)?;
+                    if Instant::now() >= deadline
+                        || claimed.fetch_add(shape.batch as u64, Ordering::Relaxed) >= max_events
+                    {
+                        break;
+                    }
+                    let records = (0..shape.batch)
+                        .map(|i| {
+                            let ev = event(format!("base-s{s}-{seq}-{i}"), data.clone());
+                            AppendRecord {
+                                id: Some(ev.id.clone()),
+                                payload: Bytes::from(ev.encode_to_vec()),
+                            }
+                        })
+                        .collect();
+                    let pending = st.submit(TOPIC, records).await.map_err(err)?;
+                    acks.push(tokio::spawn(async move {
+                        let r = pending.await.map(|a| (a.len() as u64, Instant::now()));
+                        drop(p);
+                        r
+                    }));
+                    seq += 1;
+                }
+                let mut n = 0;
+                let mut last = start;
+                for a in acks {
+                    let (k, t) = a.await.map_err(err)?.map_err(err)?;
+                    n += k;
+                    last = last.max(t);
+                }
+                Ok::<_, String>((n, last))
+            }));
+        }
+        let mut events = 0;
+        let mut last = start;
+        for t in tasks {
+            let (n, l) = t.await.map_err(err)??;
+            events += n;
+            last = last.max(l);
+        }
+        let secs = (last - start).as_secs_f64();
+        let cpu = cpu_now();
+        Ok(Run {
+            events,
+            secs,
+            cpu: Cpu::between(cpu0, cpu, secs),
+            ..Default::default()
+        })
+    })?;
+    rt.block_on(storage.close());
+    Ok(run)
+}

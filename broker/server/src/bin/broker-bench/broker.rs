@@ -1,0 +1,129 @@
+//! The broker under test, the clients' connections, and the two runtimes.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use broker::BrokerConfig;
+use mesh_proto::broker::v1::{self as pb, broker_client::BrokerClient};
+use tokio::{runtime::Runtime, sync::oneshot};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{Res, args::Args, disk::RunDir, err};
+
+pub type Client = BrokerClient<Channel>;
+
+/// The one place that builds the `BrokerConfig` of a run: the defaults,
+/// `--fsync`, loopback with no fixed port and no metrics endpoint, and the
+/// run's data directory. The storage-only baseline uses its `log_config()`.
+pub fn broker_config(args: &Args, data_dir: PathBuf) -> BrokerConfig {
+    let mut cfg = BrokerConfig {
+        listen: "127.0.0.1:0".into(),
+        // Several brokers start one after another; no fixed port.
+        metrics_listen: String::new(),
+        data_dir,
+        ..Default::default()
+    };
+    cfg.storage.fsync = args.fsync.name().to_string();
+    cfg
+}
+
+/// A multi-thread runtime with one worker per core; its threads are named
+/// `name` (the CPU split in the report relies on it).
+pub fn runtime(name: &str) -> Res<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .map_err(err)
+}
+
+/// `broker::run` on the broker runtime, with a fresh data directory.
+pub struct RunningBroker {
+    /// Where the clients connect.
+    pub addr: SocketAddr,
+    /// Tells the broker to shut down gracefully.
+    stop: Option<oneshot::Sender<()>>,
+    /// The broker's task; joined by `stop`.
+    task: Option<tokio::task::JoinHandle<Result<(), broker::BrokerError>>>,
+    /// The data directory, removed when the broker is dropped.
+    _dir: RunDir,
+}
+
+impl RunningBroker {
+    pub fn start(rt: &Runtime, args: &Args, label: &str) -> Res<Self> {
+        let dir = RunDir::new(&args.dir, label)?;
+        let cfg = broker_config(args, dir.0.clone());
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .map_err(err)?;
+        let addr = listener.local_addr().map_err(err)?;
+        let (stop, rx) = oneshot::channel::<()>();
+        let task = rt.spawn(broker::run(cfg, listener, async move {
+            let _ = rx.await;
+        }));
+        Ok(RunningBroker {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+            _dir: dir,
+        })
+    }
+
+    /// Graceful stop; the data directory goes with `self`.
+    pub fn stop(mut self, rt: &Runtime) -> Res<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), t).await })
+                .map_err(|_| "the broker did not stop within 30 s".to_string())?
+                .map_err(err)?
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+}
+
+pub async fn connect(addr: SocketAddr) -> Res<Client> {
+    let ch = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(err)?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(err)?;
+    Ok(BrokerClient::new(ch)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
+}
+
+/// Waits until the broker answers, then creates `topic`.
+pub async fn create_topic(addr: SocketAddr, topic: &str) -> Res<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut c) = connect(addr).await {
+            c.create_topic(pb::CreateTopicRequest {
+                name: topic.into(),
+                ..Default::default()
+            })
+            .await
+            .map_err(err)?;
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("the broker did not start within 10 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Runs `f` on the client runtime (never on the main thread, so that all
+/// client CPU is on `client` threads) and waits for it.
+pub fn on_clients<T: Send + 'static>(
+    rt: &Runtime,
+    f: impl Future<Output = Res<T>> + Send + 'static,
+) -> Res<T> {
+    rt.block_on(rt.spawn(f)).map_err(err)?
+}

@@ -1,0 +1,179 @@
+//! `broker-bench`: the broker measured end to end over gRPC.
+//!
+//! ```text
+//! cargo run --release -p broker --bin broker-bench -- [--quick] [--dir PATH]
+//!     [--fsync always|interval] [--rounds N] [--seconds N] [--events N]
+//!     [--prefill N] [--consume-seconds N] [--rate N] [--latency-seconds N]
+//!     [--only publish,unary,baseline,consume,latency]
+//! ```
+//!
+//! A real broker (`broker::run`, default config, `fsync = always`) runs in
+//! this process on 127.0.0.1:0 with a fresh data directory, on its own
+//! tokio runtime (threads named `broker`). The clients are real tonic
+//! clients on a second runtime (threads named `client`), each stream on its
+//! own TCP connection. Both runtimes have as many workers as the machine has
+//! cores and share those cores, so every figure includes the clients' CPU;
+//! the report shows how the CPU time split between broker and clients.
+//!
+//! Events are 1 KiB of data (`Event.data`, 1024 bytes) with a unique id,
+//! a source and a type, and no subject. One module per scenario:
+//!
+//! - **publish**: `streams` Publish streams, each keeping up to
+//!   `in_flight / streams / batch` requests of `batch` events in flight.
+//! - **unary**: PublishUnary, one event per call, one call at a time.
+//! - **baseline**: the same records (the encoded events, with their ids)
+//!   submitted straight to the broker's storage (`LocalStorage::submit`,
+//!   no gRPC), pipelined like the Publish stream: what the disk and log
+//!   allow in the same disk state.
+//! - **consume**: a topic is filled with `--prefill` events, then one new
+//!   group per run reads all of it from the start with 1 or 2 members,
+//!   each acking every Deliveries message it receives with one Ack.
+//! - **latency**: one publisher at a fixed rate (one event per request,
+//!   its due time on the schedule in the first 8 bytes of data) and one
+//!   group member; publish to deliver latency, and publish to ack latency.
+//!
+//! Every load loop stops at a count or a time limit, whichever comes first.
+//! The disk of the benchmark machine alternates between a fast and a
+//! throttled state, so the scenarios are interleaved in rounds (each round
+//! starts with a raw fdatasync probe) and ratios are taken within a round.
+//!
+//! Output is a markdown report on stdout (`report.rs`); progress goes to
+//! stderr.
+
+mod args;
+mod baseline;
+mod broker;
+mod consume;
+mod cpu;
+mod disk;
+mod latency;
+mod publish;
+mod report;
+mod rounds;
+mod stats;
+mod unary;
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use mesh_proto::events::v1::Event;
+
+use crate::args::Args;
+
+const PAYLOAD: usize = 1024;
+const TOPIC: &str = "bench";
+type Res<T> = Result<T, String>;
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+fn data() -> Bytes {
+    // Not compressible, like the log benchmark's payload.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..PAYLOAD)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+fn event(id: String, data: Bytes) -> Event {
+    Event {
+        id,
+        source: "/bench".into(),
+        r#type: "bench.Event".into(),
+        data,
+        ..Default::default()
+    }
+}
+
+fn nanos_since(base: Instant) -> u64 {
+    base.elapsed().as_nanos() as u64
+}
+
+fn main() {
+    let args = Args::from_env();
+    let run = || -> Res<()> {
+        let results = rounds::run(&args)?;
+        println!("{}", report::write(&args, &results));
+        Ok(())
+    };
+    if let Err(e) = run() {
+        eprintln!("broker-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        baseline::baseline_run,
+        broker::{RunningBroker, create_topic, on_clients, runtime},
+        consume::consume_run,
+        disk::raw_sync_probe,
+        latency::latency_run,
+        publish::{Shape, publish_run},
+        unary::unary_run,
+    };
+
+    /// Keeps the benchmark from rotting: a tiny run of every scenario
+    /// against a real broker.
+    #[test]
+    fn tiny_runs_complete() {
+        let mut args = Args::try_parse_from(["broker-bench", "--quick"]).unwrap();
+        args.events = 300;
+        let (broker_rt, client_rt) = (runtime("broker").unwrap(), runtime("client").unwrap());
+        let limit = Duration::from_secs(20);
+
+        let b = RunningBroker::start(&broker_rt, &args, "test").unwrap();
+        let addr = b.addr;
+        let (p, u, c) = on_clients(&client_rt, async move {
+            create_topic(addr, TOPIC).await?;
+            let shape = Shape {
+                streams: 2,
+                batch: 10,
+                in_flight: 40,
+            };
+            let p = publish_run(addr, TOPIC, shape, 300, limit).await?;
+            let u = unary_run(addr, 20, limit).await?;
+            let c = consume_run(addr, "g".into(), 2, 50, 320, limit).await?;
+            Ok((p, u, c))
+        })
+        .unwrap();
+        b.stop(&broker_rt).unwrap();
+        assert_eq!((p.events, u.events, c.events), (300, 20, 320));
+        assert!(p.lat.p50 > 0 && p.lat.p50 <= p.lat.p99 && p.lat.p99 <= p.lat.max);
+
+        let shape = Shape {
+            streams: 1,
+            batch: 10,
+            in_flight: 100,
+        };
+        assert_eq!(baseline_run(&client_rt, &args, shape).unwrap().events, 300);
+
+        let b = RunningBroker::start(&broker_rt, &args, "test").unwrap();
+        let addr = b.addr;
+        let l = on_clients(&client_rt, async move {
+            create_topic(addr, TOPIC).await?;
+            latency_run(addr, 1000, 0.2).await
+        })
+        .unwrap();
+        b.stop(&broker_rt).unwrap();
+        assert_eq!((l.sent, l.delivered), (200, 200));
+        assert!(l.e2e.p50 > 0 && l.e2e.p50 <= l.e2e.max);
+        assert!(
+            raw_sync_probe(&args.dir, Duration::from_millis(20))
+                .unwrap()
+                .0
+                > 0.0
+        );
+    }
+}

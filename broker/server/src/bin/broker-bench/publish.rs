@@ -1,0 +1,167 @@
+//! Streamed publish: `streams` Publish streams, each keeping a fixed number
+//! of requests in flight.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use mesh_proto::broker::v1 as pb;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::{
+    Res,
+    broker::connect,
+    cpu::{Cpu, cpu_now},
+    data, err, event, nanos_since,
+    stats::{Percentiles, Run, histogram},
+};
+
+/// The load shape of a publish (or storage-only) run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// Publish streams, each on its own connection.
+    pub streams: usize,
+    /// Events per request.
+    pub batch: usize,
+    /// Events in flight over all streams.
+    pub in_flight: usize,
+}
+
+impl Shape {
+    pub fn requests_per_stream(&self) -> usize {
+        (self.in_flight / self.streams / self.batch).clamp(1, 1024)
+    }
+    pub fn label(&self) -> String {
+        format!(
+            "{} × {} events × {} req",
+            self.streams,
+            self.batch,
+            self.requests_per_stream()
+        )
+    }
+}
+
+/// One Publish stream on its own connection: keeps up to `reqs` requests
+/// of `batch` events in flight until `claimed` reaches `max_events` or the
+/// deadline passes. Returns (events acknowledged, time of the last answer,
+/// per-request ack latencies in us).
+async fn publish_stream(
+    addr: SocketAddr,
+    topic: String,
+    tag: String,
+    (batch, reqs): (usize, usize),
+    claimed: Arc<AtomicU64>,
+    max_events: u64,
+    deadline: Instant,
+) -> Res<(u64, Instant, Histogram<u64>)> {
+    let mut client = connect(addr).await?;
+    let (tx, rx) = mpsc::channel::<pb::PublishRequest>(reqs);
+    let mut answers = client
+        .publish(ReceiverStream::new(rx))
+        .await
+        .map_err(err)?
+        .into_inner();
+    let permits = Arc::new(Semaphore::new(reqs));
+    let ring = 2 * reqs;
+    let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..ring).map(|_| AtomicU64::new(0)).collect());
+    let base = Instant::now();
+    let sender = {
+        let (permits, sent_at) = (permits.clone(), sent_at.clone());
+        tokio::spawn(async move {
+            let data = data();
+            let mut seq = 0u64;
+            loop {
+                let p = permits.acquire().await.map_err(err)?;
+                p.forget();
+                if Instant::now() >= deadline
+                    || claimed.fetch_add(batch as u64, Ordering::Relaxed) >= max_events
+                {
+                    break;
+                }
+                let events = (0..batch)
+                    .map(|i| event(format!("{tag}-{seq}-{i}"), data.clone()))
+                    .collect();
+                sent_at[seq as usize % ring].store(nanos_since(base), Ordering::Relaxed);
+                let req = pb::PublishRequest {
+                    sequence: seq,
+                    topic: topic.clone(),
+                    events,
+                };
+                if tx.send(req).await.is_err() {
+                    return Err("the publish stream closed".to_string());
+                }
+                seq += 1;
+            }
+            Ok::<_, String>(())
+        })
+    };
+    let mut acked = 0u64;
+    let mut last = Instant::now();
+    let mut lat = histogram();
+    while let Some(r) = answers.message().await.map_err(err)? {
+        if let Some(e) = r.error {
+            return Err(format!("publish failed: {} {}", e.code, e.message));
+        }
+        let sent = sent_at[r.sequence as usize % ring].load(Ordering::Relaxed);
+        lat.saturating_record(nanos_since(base).saturating_sub(sent) / 1000);
+        acked += r.results.len() as u64;
+        last = Instant::now();
+        permits.add_permits(1);
+    }
+    sender.await.map_err(err)??;
+    Ok((acked, last, lat))
+}
+
+/// Streamed publish of `shape` into `topic` until `max_events` or `limit`.
+pub async fn publish_run(
+    addr: SocketAddr,
+    topic: &str,
+    shape: Shape,
+    max_events: u64,
+    limit: Duration,
+) -> Res<Run> {
+    static RUN: AtomicU64 = AtomicU64::new(0);
+    let run = RUN.fetch_add(1, Ordering::Relaxed);
+    let claimed = Arc::new(AtomicU64::new(0));
+    let cpu0 = cpu_now();
+    let start = Instant::now();
+    let deadline = start + limit;
+    let mut tasks = Vec::new();
+    for s in 0..shape.streams {
+        tasks.push(tokio::spawn(publish_stream(
+            addr,
+            topic.to_string(),
+            format!("r{run}-s{s}"),
+            (shape.batch, shape.requests_per_stream()),
+            claimed.clone(),
+            max_events,
+            deadline,
+        )));
+    }
+    let mut events = 0;
+    let mut last = start;
+    let mut lat = histogram();
+    for t in tasks {
+        let (n, l, h) = tokio::time::timeout(limit + Duration::from_secs(30), t)
+            .await
+            .map_err(|_| "publish run did not finish in time".to_string())?
+            .map_err(err)??;
+        events += n;
+        last = last.max(l);
+        lat.add(h).map_err(err)?;
+    }
+    let secs = (last - start).as_secs_f64();
+    Ok(Run {
+        events,
+        secs,
+        lat: Percentiles::of(&lat),
+        cpu: Cpu::between(cpu0, cpu_now(), secs),
+    })
+}

@@ -1,0 +1,243 @@
+//! The markdown report on stdout.
+
+use std::fmt::Write as _;
+
+use crate::{
+    args::Args,
+    publish::Shape,
+    rounds::Results,
+    stats::{Run, fmt_list, ms, ratios, summarize},
+};
+
+pub fn write(args: &Args, r: &Results) -> String {
+    let mut out = String::new();
+    let (workers, cores) = (r.workers, r.cores);
+    let _ = writeln!(
+        out,
+        "broker-bench{}: broker::run in-process on 127.0.0.1, default BrokerConfig with \
+         fsync = {}, {} round(s); tokio runtimes: broker {workers} workers, clients {workers} \
+         workers, on {cores} cores shared by both; 1 KiB events (data 1024 B, unique id, no \
+         subject); dir {}\n",
+        if args.quick { " --quick" } else { "" },
+        args.fsync.name(),
+        args.rounds,
+        args.dir.display()
+    );
+    let _ = writeln!(
+        out,
+        "Raw disk probe at the start of each round (272 KiB pwrite + fdatasync in a loop): \
+         {} fdatasync/s, {} MB/s.\n",
+        fmt_list(&r.probes.iter().map(|p| p.0).collect::<Vec<_>>(), 0),
+        fmt_list(&r.probes.iter().map(|p| p.1).collect::<Vec<_>>(), 0)
+    );
+    if r.publish.iter().any(|v| !v.is_empty())
+        || r.baseline.iter().any(|v| !v.is_empty())
+        || !r.unary.is_empty()
+    {
+        publish(&mut out, args, r);
+    }
+    if !r.prefill.is_empty() {
+        consume(&mut out, args, r);
+    }
+    if !r.latency.is_empty() {
+        latency(&mut out, args, r);
+    }
+    out
+}
+
+fn publish(out: &mut String, args: &Args, r: &Results) {
+    let _ = writeln!(
+        out,
+        "### Publish\n\nEach run: a fresh broker and topic; stop at {} events or {} s. \
+         Median of the rounds; per round in order. Latency: request sent to its \
+         response received. CPU in cores (of {}), broker / clients.\n",
+        args.events, args.seconds, r.cores
+    );
+    let _ = writeln!(
+        out,
+        "| API | streams × events per request × requests in flight per stream | events in flight | events/s (median) | MB/s | per round, events/s | ack p50 / p99 (ms) | CPU broker / client |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---|---:|---:|");
+    for (i, s) in r.publish_shapes.iter().enumerate() {
+        if r.publish[i].is_empty() {
+            continue;
+        }
+        let (m, rates) = summarize(&r.publish[i]);
+        let _ = writeln!(
+            out,
+            "| Publish stream | {} | {} | {:.0} | {:.1} | {} | {} / {} | {} |",
+            s.label(),
+            s.streams * s.batch * s.requests_per_stream(),
+            m.rate(),
+            m.mb_s(),
+            fmt_list(&rates, 0),
+            ms(m.lat.p50),
+            ms(m.lat.p99),
+            m.cpu.show()
+        );
+    }
+    if !r.unary.is_empty() {
+        let (m, rates) = summarize(&r.unary);
+        let _ = writeln!(
+            out,
+            "| PublishUnary, sequential | 1 × 1 × 1 | 1 | {:.0} | {:.1} | {} | {} / {} | {} |",
+            m.rate(),
+            m.mb_s(),
+            fmt_list(&rates, 0),
+            ms(m.lat.p50),
+            ms(m.lat.p99),
+            m.cpu.show()
+        );
+    }
+    for (i, s) in r.baseline_shapes.iter().enumerate() {
+        if r.baseline[i].is_empty() {
+            continue;
+        }
+        let (m, rates) = summarize(&r.baseline[i]);
+        let c = m.cpu.broker + m.cpu.client;
+        let _ = writeln!(
+            out,
+            "| storage only, no gRPC (baseline) | {} | {} | {:.0} | {:.1} | {} | | {c:.2} total |",
+            s.label(),
+            s.streams * s.batch * s.requests_per_stream(),
+            m.rate(),
+            m.mb_s(),
+            fmt_list(&rates, 0),
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Ratios within each round (same disk state):\n");
+    let find = |v: &[Shape], s: (usize, usize, usize)| {
+        v.iter()
+            .position(|x| (x.streams, x.batch, x.in_flight) == s)
+    };
+    let pairs = [
+        ((4, 100, 1000), (1, 1, 1024), "4 × 100 vs 1 × 1 (batching)"),
+        (
+            (4, 100, 1000),
+            (1, 100, 1000),
+            "4 streams vs 1, 100 per request",
+        ),
+        ((4, 1, 1024), (1, 1, 1024), "4 streams vs 1, 1 per request"),
+        (
+            (4, 100, 4000),
+            (4, 100, 1000),
+            "4 × 100, 4000 vs 1000 in flight",
+        ),
+    ];
+    for (a, b, text) in pairs {
+        if let (Some(a), Some(b)) = (find(&r.publish_shapes, a), find(&r.publish_shapes, b))
+            && !r.publish[a].is_empty()
+            && !r.publish[b].is_empty()
+        {
+            let _ = writeln!(out, "- {text}: {}", ratios(&r.publish[a], &r.publish[b]));
+        }
+    }
+    for (bs, ps) in [
+        ((1, 100, 1000), (1, 100, 1000)),
+        ((1, 1, 1024), (1, 1, 1024)),
+    ] {
+        if let (Some(a), Some(b)) = (find(&r.publish_shapes, ps), find(&r.baseline_shapes, bs))
+            && !r.publish[a].is_empty()
+            && !r.baseline[b].is_empty()
+        {
+            let _ = writeln!(
+                out,
+                "- gRPC vs storage only, {} per request: {}",
+                ps.1,
+                ratios(&r.publish[a], &r.baseline[b])
+            );
+        }
+    }
+    let best = r
+        .publish
+        .iter()
+        .filter(|r| !r.is_empty())
+        .map(|r| summarize(r).0.rate())
+        .fold(0.0, f64::max);
+    if best > 0.0 {
+        let _ = writeln!(
+            out,
+            "- target >= 300000 events/s streamed publish, fsync = {}: {} (best median {:.0})",
+            args.fsync.name(),
+            if best >= 300_000.0 { "met" } else { "NOT met" },
+            best
+        );
+    }
+    let _ = writeln!(out);
+}
+
+fn consume(out: &mut String, args: &Args, r: &Results) {
+    let (pm, _) = summarize(&r.prefill);
+    let _ = writeln!(
+        out,
+        "### Consume\n\nThe topic is filled with up to {} events by 4 Publish streams \
+         of 100 events per request ({} events/s, per round {}); then each run is a new \
+         group reading it from the start (events in the page cache), every Deliveries \
+         message acked with one Ack. A run ends when all events were delivered or after \
+         {} s, and counts only if the group then commits every acked event.\n",
+        args.prefill,
+        pm.rate() as u64,
+        fmt_list(&r.prefill.iter().map(Run::rate).collect::<Vec<_>>(), 0),
+        args.consume_seconds
+    );
+    let _ = writeln!(
+        out,
+        "| members | credit per member | events | events/s consumed + acked (median) | MB/s | per round, events/s | CPU broker / client |"
+    );
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---|---:|");
+    for (i, (members, credit)) in r.consume_shapes.iter().enumerate() {
+        let (m, rates) = summarize(&r.consume[i]);
+        let _ = writeln!(
+            out,
+            "| {members} | {credit} | {} | {:.0} | {:.1} | {} | {} |",
+            m.events,
+            m.rate(),
+            m.mb_s(),
+            fmt_list(&rates, 0),
+            m.cpu.show()
+        );
+    }
+    let best = r
+        .consume
+        .iter()
+        .map(|r| summarize(r).0.rate())
+        .fold(0.0, f64::max);
+    let _ = writeln!(
+        out,
+        "\n- target >= 370000 events/s consumed + acked: {} (best median {:.0})\n",
+        if best >= 370_000.0 { "met" } else { "NOT met" },
+        best
+    );
+}
+
+fn latency(out: &mut String, args: &Args, r: &Results) {
+    let _ = writeln!(
+        out,
+        "### End-to-end latency\n\nOne Publish stream sends {} events/s (one event per \
+         request, paced every 1 ms) for {} s while one group member (credit 1000) \
+         receives and acks them. Publish → deliver = delivery received minus the time \
+         the event was due on the 1 ms schedule (carried in its data), so a publisher \
+         that falls behind counts the delay against every event it held up.\n",
+        args.rate, args.latency_seconds
+    );
+    let _ = writeln!(
+        out,
+        "| round | sent | delivered | publish → deliver p50 / p99 / max (ms) | publish → ack p50 / p99 (ms) |"
+    );
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|");
+    for (i, l) in r.latency.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} / {} / {} | {} / {} |",
+            i + 1,
+            l.sent,
+            l.delivered,
+            ms(l.e2e.p50),
+            ms(l.e2e.p99),
+            ms(l.e2e.max),
+            ms(l.publish.p50),
+            ms(l.publish.p99)
+        );
+    }
+}
