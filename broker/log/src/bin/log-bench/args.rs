@@ -11,7 +11,7 @@ use crate::INTERVAL;
 /// Append throughput and recovery time of mesh-log. Prints a markdown
 /// report on stdout and progress on stderr.
 #[derive(Parser, Debug)]
-#[command(name = "log-bench")]
+#[command(name = "log-bench", args_override_self = true)]
 struct Cli {
     /// Smoke run (about 2 s): smaller defaults for every limit below.
     #[arg(long)]
@@ -219,6 +219,15 @@ mod tests {
             [FsyncPolicy::Always]
         );
         assert_eq!(parse(&["--fsync", "both"]).unwrap().fsync.len(), 2);
+    }
+
+    /// As with the old hand-written parser: a repeated flag is no error,
+    /// the last value counts.
+    #[test]
+    fn the_last_of_a_repeated_flag_counts() {
+        let a = parse(&["--quick", "--records", "5", "--quick", "--records", "6"]).unwrap();
+        assert!(a.quick);
+        assert_eq!(a.records, 6);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use clap::{Parser, ValueEnum};
 /// The broker measured end to end over gRPC. Prints a markdown report on
 /// stdout and progress on stderr.
 #[derive(Parser, Debug)]
-#[command(name = "broker-bench")]
+#[command(name = "broker-bench", args_override_self = true)]
 struct Cli {
     /// Smoke run (about 5 s): smaller defaults for every limit below.
     #[arg(long)]
@@ -236,6 +236,15 @@ mod tests {
         assert!(a.runs(Part::Latency) && !a.runs(Part::Publish));
         let all = parse(&["--only", "publish,unary,baseline,consume,latency"]).unwrap();
         assert_eq!(all.only, Part::value_variants());
+    }
+
+    /// As with the old hand-written parser: a repeated flag is no error,
+    /// the last value counts.
+    #[test]
+    fn the_last_of_a_repeated_flag_counts() {
+        let a = parse(&["--quick", "--events", "5", "--quick", "--events", "6"]).unwrap();
+        assert!(a.quick);
+        assert_eq!(a.events, 6);
     }
 
     #[test]
