@@ -14,11 +14,15 @@
 //! - [`config`]: [`LogConfig`] (fsync policy, segment size, limits) and
 //!   per-topic [`TopicConfig`] (retention).
 //! - [`names`]: topic and group name rules.
+//! - [`format`]: the data directory's format version stamp (`FORMAT`).
+//! - `fsutil`: directory fsync and atomic file replacement.
 //! - [`error`]: [`LogError`], the one error type.
 
 pub mod config;
 pub mod dedupe;
 pub mod error;
+pub mod format;
+mod fsutil;
 pub mod index;
 pub mod names;
 pub mod offsets;
@@ -30,6 +34,7 @@ pub mod writer;
 
 pub use config::{FsyncPolicy, LogConfig, TopicConfig};
 pub use error::{LogError, Result};
+pub use format::FORMAT_VERSION;
 pub use offsets::CommitMode;
 pub use record::Record;
 pub use storage::{LocalStorage, Storage};

@@ -60,6 +60,7 @@ use std::{
     collections::HashMap,
     fs,
     path::{Path, PathBuf},
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -330,5 +331,44 @@ async fn a_format_1_data_directory_is_served_unchanged() {
         .into_inner();
     assert_eq!(info.head_offset, 4, "the duplicate stored nothing");
 
+    // Opened as format 1, it is now stamped so.
+    assert_eq!(
+        fs::read_to_string(tmp.path().join("FORMAT")).unwrap(),
+        format!("{}\n", mesh_log::FORMAT_VERSION)
+    );
     assert!(b.sigterm().success());
+}
+
+/// A directory stamped by a newer format is refused: the broker exits
+/// non-zero, naming the directory and both versions, and leaves it as it
+/// was.
+#[test]
+fn a_data_directory_of_a_newer_format_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_tree(&fixture_dir(), tmp.path(), &[]);
+    let newer = mesh_log::FORMAT_VERSION + 1;
+    fs::write(tmp.path().join("FORMAT"), format!("{newer}\n")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_broker"))
+        .env("BROKER__LISTEN", "127.0.0.1:0")
+        .env("BROKER__METRICS_LISTEN", "")
+        .env("BROKER__DATA_DIR", tmp.path())
+        .env("RUST_LOG", "warn")
+        .current_dir(tmp.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "broker started: {stderr}");
+    let dir = tmp.path().display().to_string();
+    assert!(stderr.contains(&dir), "names the directory: {stderr}");
+    assert!(
+        stderr.contains(&format!("format {newer}"))
+            && stderr.contains(&format!("format {}", mesh_log::FORMAT_VERSION)),
+        "names both versions: {stderr}"
+    );
+    assert_eq!(
+        fs::read_to_string(tmp.path().join("FORMAT")).unwrap(),
+        format!("{newer}\n"),
+        "the stamp is left alone"
+    );
 }
