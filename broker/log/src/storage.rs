@@ -17,8 +17,10 @@ use tokio::sync::watch;
 use crate::{
     config::{LogConfig, TopicConfig},
     error::{LogError, Result, io_err},
-    format, names,
-    offsets::{CommitMode, sync_dir},
+    format,
+    fsutil::sync_dir,
+    names,
+    offsets::CommitMode,
     record::Record,
     topic::{GroupPosition, PendingAppend, RetentionReport, TopicLog, TopicStats},
     writer::{AppendRecord, Appended, now_us},
