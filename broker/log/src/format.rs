@@ -104,6 +104,26 @@ mod tests {
     }
 
     #[test]
+    fn local_storage_stamps_an_empty_directory_and_refuses_a_newer_one_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("new");
+        drop(crate::LocalStorage::open(&new, crate::LogConfig::default()).unwrap());
+        assert_eq!(fs::read_to_string(new.join(FORMAT_FILE)).unwrap(), "1\n");
+        drop(crate::LocalStorage::open(&new, crate::LogConfig::default()).unwrap());
+
+        let newer = dir.path().join("newer");
+        fs::create_dir(&newer).unwrap();
+        fs::write(newer.join(FORMAT_FILE), "2\n").unwrap();
+        let err = crate::LocalStorage::open(&newer, crate::LogConfig::default()).unwrap_err();
+        assert!(
+            matches!(err, LogError::FormatTooNew { found: 2, .. }),
+            "{err:?}"
+        );
+        assert!(!newer.join("topics").exists(), "nothing written");
+        assert_eq!(fs::read_to_string(newer.join(FORMAT_FILE)).unwrap(), "2\n");
+    }
+
+    #[test]
     fn an_unreadable_stamp_is_an_error_not_format_1() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(FORMAT_FILE), "garbage").unwrap();
