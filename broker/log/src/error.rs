@@ -74,6 +74,29 @@ pub enum LogError {
 
     #[error("invalid configuration: {0}")]
     Config(String),
+
+    /// A blocking storage task panicked or was cancelled before it
+    /// answered (a bug or a shutdown, not bad input).
+    #[error("storage task {op} failed: {source}")]
+    Background {
+        op: &'static str,
+        source: tokio::task::JoinError,
+    },
+
+    /// The data directory was written by a newer broker. Reading it could
+    /// misread or damage data, so opening stops; run a broker that
+    /// supports that format.
+    #[error(
+        "data directory {dir} has format {found}, newer than format {supported} that this broker reads; run a newer broker"
+    )]
+    FormatTooNew {
+        dir: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+
+    #[error("format stamp {path} is unreadable (holds {content:?}, expected a version number)")]
+    FormatUnreadable { path: PathBuf, content: String },
 }
 
 pub type Result<T, E = LogError> = std::result::Result<T, E>;

@@ -14,9 +14,9 @@
 //! Both carry a CRC-32C; a sidecar that is missing or fails its check is
 //! rebuilt by scanning its segment once.
 
-use std::{fs, io::Write, path::Path};
+use std::{fs, path::Path};
 
-use crate::error::{Result, io_err};
+use crate::{error::Result, fsutil::replace_file};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexEntry {
@@ -73,16 +73,11 @@ pub fn floor_by_time(entries: &[IndexEntry], timestamp_us: i64) -> Option<IndexE
 }
 
 fn write_sidecar(path: &Path, magic: &[u8; 8], body: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
     let mut out = Vec::with_capacity(body.len() + 12);
     out.extend_from_slice(magic);
     out.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
     out.extend_from_slice(body);
-    let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(&out).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))?;
-    Ok(())
+    replace_file(path, &out)
 }
 
 /// Reads a sidecar's body; `None` when it is missing or fails its checks.

@@ -13,13 +13,15 @@
 use std::{
     collections::BTreeMap,
     fs::{self, File, OpenOptions},
-    io::Write,
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
     sync::Mutex,
 };
 
-use crate::error::{LogError, Result, io_err};
+use crate::{
+    error::{LogError, Result, io_err},
+    fsutil::{replace_file, sync_dir},
+};
 
 const TOMBSTONE: u64 = u64::MAX;
 const COMPACT_MIN_BYTES: u64 = 64 << 10;
@@ -85,12 +87,6 @@ fn parse(data: &[u8]) -> (BTreeMap<String, u64>, usize) {
         i += 8 + len;
     }
     (groups, i)
-}
-
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
 }
 
 impl GroupOffsets {
@@ -195,15 +191,11 @@ impl GroupOffsets {
     }
 
     fn compact(&self, st: &mut State) -> Result<()> {
-        let tmp = self.path.with_extension("tmp");
         let mut data = Vec::new();
         for (g, &o) in &st.groups {
             data.extend_from_slice(&encode(g, o));
         }
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(&data).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &self.path).map_err(io_err(&self.path))?;
+        replace_file(&self.path, &data)?;
         sync_dir(&self.dir)?;
         st.file = OpenOptions::new()
             .read(true)

@@ -17,8 +17,10 @@ use tokio::sync::watch;
 use crate::{
     config::{LogConfig, TopicConfig},
     error::{LogError, Result, io_err},
+    format,
+    fsutil::sync_dir,
     names,
-    offsets::{CommitMode, sync_dir},
+    offsets::CommitMode,
     record::Record,
     topic::{GroupPosition, PendingAppend, RetentionReport, TopicLog, TopicStats},
     writer::{AppendRecord, Appended, now_us},
@@ -78,10 +80,15 @@ pub struct LocalStorage {
     _lock: fs::File,
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+/// Runs file work off the async threads; `op` names it in the error if
+/// the task panics or is cancelled.
+async fn blocking<T: Send + 'static>(
+    op: &'static str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .unwrap_or_else(|e| Err(LogError::Config(format!("storage task failed: {e}"))))
+        .unwrap_or_else(|source| Err(LogError::Background { op, source }))
 }
 
 impl LocalStorage {
@@ -89,8 +96,7 @@ impl LocalStorage {
     pub fn open(data_dir: &Path, cfg: LogConfig) -> Result<Self> {
         cfg.validate()?;
         let cfg = Arc::new(cfg);
-        let root = data_dir.join("topics");
-        fs::create_dir_all(&root).map_err(io_err(&root))?;
+        fs::create_dir_all(data_dir).map_err(io_err(data_dir))?;
         let lock_path = data_dir.join("LOCK");
         let lock = fs::OpenOptions::new()
             .create(true)
@@ -104,6 +110,11 @@ impl LocalStorage {
                 data_dir.display()
             ))
         })?;
+        // Before anything else is read or written: a newer format is
+        // refused untouched.
+        let stamped = format::check(data_dir)?;
+        let root = data_dir.join("topics");
+        fs::create_dir_all(&root).map_err(io_err(&root))?;
         let mut topics = HashMap::new();
         for entry in fs::read_dir(&root).map_err(io_err(&root))? {
             let entry = entry.map_err(io_err(&root))?;
@@ -115,6 +126,11 @@ impl LocalStorage {
             }
             let log = TopicLog::open(&name, &entry.path(), cfg.clone())?;
             topics.insert(name, Arc::new(log));
+        }
+        if stamped.is_none() {
+            // New, or written before the stamp (format 1, this format):
+            // it opened as it is, so stamp it.
+            format::stamp(data_dir)?;
         }
         Ok(LocalStorage {
             root,
@@ -149,7 +165,7 @@ impl Storage for LocalStorage {
         }
         let dir = self.root.join(name);
         let (n, cfg) = (name.to_string(), self.cfg.clone());
-        let log = blocking(move || {
+        let log = blocking("create_topic", move || {
             // A leftover directory from a failed create or delete.
             if dir.exists() {
                 fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
@@ -175,7 +191,7 @@ impl Storage for LocalStorage {
             .remove(name)
             .ok_or_else(|| LogError::TopicNotFound(name.to_string()))?;
         let root = self.root.clone();
-        blocking(move || {
+        blocking("delete_topic", move || {
             log.close();
             let dir = log.dir().to_path_buf();
             fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
@@ -212,7 +228,7 @@ impl Storage for LocalStorage {
         max_bytes: usize,
     ) -> Result<Vec<Record>> {
         let log = self.get(topic)?;
-        blocking(move || log.read(from, max_records, max_bytes)).await
+        blocking("read", move || log.read(from, max_records, max_bytes)).await
     }
 
     fn watch_head(&self, topic: &str) -> Result<watch::Receiver<u64>> {
@@ -221,7 +237,7 @@ impl Storage for LocalStorage {
 
     async fn offset_for_time(&self, topic: &str, timestamp_us: i64) -> Result<u64> {
         let log = self.get(topic)?;
-        blocking(move || log.offset_for_time(timestamp_us)).await
+        blocking("offset_for_time", move || log.offset_for_time(timestamp_us)).await
     }
 
     fn committed(&self, topic: &str, group: &str) -> Result<Option<u64>> {
@@ -237,7 +253,7 @@ impl Storage for LocalStorage {
     ) -> Result<bool> {
         let log = self.get(topic)?;
         let group = group.to_string();
-        blocking(move || log.commit(&group, offset, mode)).await
+        blocking("commit", move || log.commit(&group, offset, mode)).await
     }
 
     fn groups(&self, topic: &str) -> Result<Vec<GroupPosition>> {
@@ -247,7 +263,7 @@ impl Storage for LocalStorage {
     async fn delete_group(&self, topic: &str, group: &str) -> Result<()> {
         let log = self.get(topic)?;
         let group = group.to_string();
-        blocking(move || log.delete_group(&group)).await
+        blocking("delete_group", move || log.delete_group(&group)).await
     }
 
     async fn enforce_retention(&self) -> Result<BTreeMap<String, RetentionReport>> {
@@ -258,7 +274,7 @@ impl Storage for LocalStorage {
             .values()
             .cloned()
             .collect();
-        blocking(move || {
+        blocking("enforce_retention", move || {
             let now = now_us();
             let mut out = BTreeMap::new();
             for log in logs {
@@ -277,7 +293,7 @@ impl Storage for LocalStorage {
             .values()
             .cloned()
             .collect();
-        let _ = blocking(move || {
+        let _ = blocking("close", move || {
             for log in logs {
                 log.close();
             }

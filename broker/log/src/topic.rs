@@ -1,6 +1,6 @@
-//! One topic's log: opening and recovering it, appending through the
-//! group-commit writer, reading, seeking by time, group positions and
-//! retention.
+//! One topic's log: opening it (recovery is in `recovery`), appending
+//! through the group-commit writer, reading, seeking by time, group
+//! positions and retention.
 //!
 //! A topic is one log (no partitions). Per-key order is kept by the
 //! broker's dispatcher, which holds back only the failing key, so a topic
@@ -11,7 +11,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    path::{Path, PathBuf},
+    path::Path,
     pin::Pin,
     sync::{Arc, Mutex, RwLock},
     task::{Context, Poll},
@@ -22,13 +22,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     config::{LogConfig, TopicConfig},
-    dedupe::Dedupe,
     error::{LogError, Result, io_err},
-    index::IdEntry,
-    offsets::{CommitMode, GroupOffsets, sync_dir},
+    fsutil::{replace_file, sync_dir},
+    offsets::{CommitMode, GroupOffsets},
     record::Record,
-    segment::{self, Segment},
-    writer::{AppendRecord, Appended, Job, Writer, WriterStart, now_us},
+    recovery::{self, Recovered},
+    segment::Segment,
+    shared::Shared,
+    writer::{AppendRecord, Appended, Job, Writer},
 };
 
 const TOPIC_META: &str = "topic.json";
@@ -51,45 +52,6 @@ impl Future for PendingAppend {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.0.as_mut().poll(cx)
-    }
-}
-
-/// State shared by the topic handle, its writer and its syncer.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub name: String,
-    pub dir: PathBuf,
-    pub cfg: Arc<LogConfig>,
-    pub segments: RwLock<Vec<Arc<Segment>>>,
-    /// One past the last offset readers may see.
-    pub head: watch::Sender<u64>,
-    poisoned: Mutex<Option<String>>,
-}
-
-impl Shared {
-    pub fn poisoned(&self) -> Option<String> {
-        self.poisoned.lock().expect("poison lock").clone()
-    }
-
-    /// Marks the topic failed and returns the first failure's reason.
-    pub fn poison(&self, err: &LogError) -> String {
-        let mut p = self.poisoned.lock().expect("poison lock");
-        if p.is_none() {
-            tracing::error!(topic = %self.name, error = %err, "log write failed; the topic refuses writes until restart");
-            *p = Some(err.to_string());
-        }
-        p.clone().unwrap_or_default()
-    }
-
-    /// Makes records up to `next_offset` (ending at byte `end` of `seg`)
-    /// visible to readers.
-    pub fn publish(&self, seg: &Segment, end: u64, next_offset: u64) {
-        seg.publish(end);
-        self.head.send_if_modified(|h| {
-            let changed = next_offset > *h;
-            *h = (*h).max(next_offset);
-            changed
-        });
     }
 }
 
@@ -144,14 +106,8 @@ impl std::fmt::Debug for TopicLog {
 }
 
 fn write_meta(dir: &Path, cfg: &TopicConfig) -> Result<()> {
-    let path = dir.join(TOPIC_META);
-    let tmp = dir.join("topic.json.tmp");
     let json = serde_json::to_vec_pretty(cfg).map_err(|e| LogError::Config(e.to_string()))?;
-    fs::write(&tmp, json).map_err(io_err(&tmp))?;
-    fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err(&tmp))?;
-    fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    replace_file(&dir.join(TOPIC_META), &json)?;
     sync_dir(dir)
 }
 
@@ -177,121 +133,23 @@ impl TopicLog {
         Self::open(name, dir, cfg)
     }
 
-    /// Opens and recovers an existing topic directory. Only the tail
-    /// segment is scanned; sealed segments load from their sidecars.
+    /// Opens and recovers an existing topic directory (see
+    /// [`crate::recovery`]).
     pub fn open(name: &str, dir: &Path, cfg: Arc<LogConfig>) -> Result<Self> {
         cfg.validate()?;
         let topic_cfg = read_meta(dir)?;
-        let mut bases = Vec::new();
-        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-            let entry = entry.map_err(io_err(dir))?;
-            let fname = entry.file_name();
-            let fname = fname.to_string_lossy();
-            if let Some(base) = segment::parse_base(&fname) {
-                bases.push(base);
-            } else if fname.ends_with(".tmp") {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
-        bases.sort_unstable();
-        let interval = cfg.index_interval_bytes;
-        let max_body = cfg.max_body();
-        let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len().max(1));
-        let tail_ids = match bases.split_last() {
-            None => {
-                segments.push(Arc::new(Segment::create(dir, 0, max_body)?));
-                sync_dir(dir)?;
-                Vec::new()
-            }
-            Some((&last, sealed)) => {
-                for &b in sealed {
-                    segments.push(Arc::new(Segment::open_sealed(dir, b, max_body, interval)?));
-                }
-                let (tail, rec) = Segment::open_tail(dir, last, max_body, interval)?;
-                if rec.truncated_bytes > 0 {
-                    tracing::warn!(
-                        topic = name,
-                        bytes = rec.truncated_bytes,
-                        "recovered from a torn write"
-                    );
-                }
-                segments.push(Arc::new(tail));
-                rec.ids
-            }
-        };
-        for pair in segments.windows(2) {
-            if pair[0].next_offset() != pair[1].base {
-                return Err(LogError::Corrupt {
-                    path: pair[1].path.clone(),
-                    position: 0,
-                    offset: pair[0].next_offset(),
-                    reason: format!(
-                        "segment starts at offset {} but the previous one ends at {}",
-                        pair[1].base,
-                        pair[0].next_offset()
-                    ),
-                });
-            }
-        }
-
-        // Rebuild the dedupe window from the ids of recent segments only.
-        let now = now_us();
-        let window_us = cfg.dedupe_window.as_micros() as i64;
-        let mut dedupe = Dedupe::new(window_us, cfg.dedupe_max_ids);
-        let last_idx = segments.len() - 1;
-        if dedupe.enabled() {
-            // Newest first, stopping once the cap is reached: older ids
-            // would be evicted at once, so reading them only slows the
-            // start (1M ids in the window took 175 ms to load).
-            let mut recent: Vec<Vec<IdEntry>> = Vec::new();
-            let mut count = tail_ids.len();
-            for seg in segments[..last_idx].iter().rev() {
-                if count >= cfg.dedupe_max_ids
-                    || seg.max_timestamp_us() < now.saturating_sub(window_us)
-                {
-                    break;
-                }
-                let ids = seg.load_ids(interval)?;
-                count += ids.len();
-                recent.push(ids);
-            }
-            for ids in recent.iter().rev() {
-                for &e in ids {
-                    dedupe.insert(e);
-                }
-            }
-            for &e in &tail_ids {
-                dedupe.insert(e);
-            }
-        }
-        let last_ts = segments
-            .iter()
-            .map(|s| s.max_timestamp_us())
-            .max()
-            .unwrap_or(i64::MIN);
-        let active = segments[last_idx].clone();
-        let (head, _) = watch::channel(active.next_offset());
-        let shared = Arc::new(Shared {
-            name: name.to_string(),
-            dir: dir.to_path_buf(),
-            cfg: cfg.clone(),
-            segments: RwLock::new(segments),
+        let Recovered { segments, start } = recovery::recover(name, dir, &cfg)?;
+        let head = start.active.next_offset();
+        let shared = Arc::new(Shared::new(
+            name,
+            dir.to_path_buf(),
+            cfg.clone(),
+            segments,
             head,
-            poisoned: Mutex::new(None),
-        });
+        ));
         let offsets = GroupOffsets::open(name, dir)?;
         let (tx, rx) = mpsc::channel(cfg.queue_depth);
-        let threads = Writer::spawn(
-            shared.clone(),
-            WriterStart {
-                active,
-                ids: tail_ids,
-                dedupe,
-                last_ts,
-            },
-            rx,
-        )
-        .map_err(io_err(dir))?;
+        let threads = Writer::spawn(shared.clone(), start, rx).map_err(io_err(dir))?;
         Ok(TopicLog {
             shared,
             config: RwLock::new(topic_cfg),
@@ -360,7 +218,7 @@ impl TopicLog {
 
     /// The earliest offset still retained.
     pub fn earliest(&self) -> u64 {
-        self.shared.segments.read().expect("segments lock")[0].base
+        self.shared.segments.read().expect("segments lock")[0].base()
     }
 
     /// A receiver that changes whenever the head moves; consumers wait on
@@ -381,7 +239,7 @@ impl TopicLog {
         let head = self.head();
         let segs: Vec<Arc<Segment>> = {
             let all = self.shared.segments.read().expect("segments lock");
-            let earliest = all[0].base;
+            let earliest = all[0].base();
             if from < earliest {
                 return Err(LogError::OffsetTruncated {
                     topic: self.shared.name.clone(),
@@ -392,13 +250,13 @@ impl TopicLog {
             if from >= head || max_records == 0 {
                 return Ok(Vec::new());
             }
-            let i = all.partition_point(|s| s.base <= from) - 1;
+            let i = all.partition_point(|s| s.base() <= from) - 1;
             all[i..].to_vec()
         };
         let mut out = Vec::with_capacity(max_records.min(1024));
         let mut bytes = 0;
         for seg in segs {
-            if seg.base >= head
+            if seg.base() >= head
                 || out.len() >= max_records
                 || (bytes >= max_bytes && !out.is_empty())
             {
@@ -409,7 +267,7 @@ impl TopicLog {
             // the rest of it.
             if out
                 .last()
-                .is_some_and(|r: &Record| r.offset + 1 != seg.base)
+                .is_some_and(|r: &Record| r.offset + 1 != seg.base())
             {
                 break;
             }
@@ -419,7 +277,7 @@ impl TopicLog {
                 max_bytes - bytes
             };
             match seg.read(
-                from.max(seg.base),
+                from.max(seg.base()),
                 head,
                 max_records - out.len(),
                 budget,
@@ -443,7 +301,7 @@ impl TopicLog {
         let head = self.head();
         let segs = self.shared.segments.read().expect("segments lock").clone();
         for seg in segs {
-            if seg.base >= head {
+            if seg.base() >= head {
                 break;
             }
             if seg.max_timestamp_us() >= timestamp_us
@@ -464,7 +322,7 @@ impl TopicLog {
         TopicStats {
             name: self.shared.name.clone(),
             config: self.config(),
-            earliest: segs[0].base,
+            earliest: segs[0].base(),
             head: self.head(),
             bytes: segs.iter().map(|s| s.len()).sum(),
             segments: segs.len(),

@@ -26,11 +26,11 @@ use crate::{
     config::FsyncPolicy,
     dedupe::Dedupe,
     error::{LogError, Result},
+    fsutil::sync_dir,
     index::{IdEntry, IndexEntry},
-    offsets::sync_dir,
     record,
     segment::Segment,
-    topic::Shared,
+    shared::Shared,
 };
 
 /// One record to append.

@@ -71,7 +71,11 @@ fn log_code(e: &LogError) -> Code {
         LogError::Corrupt { .. } => Code::DataLoss,
         // Both clear up when the broker restarts; clients should retry.
         LogError::Poisoned { .. } | LogError::Closed(_) => Code::Unavailable,
-        LogError::Io { .. } | LogError::Config(_) => Code::Internal,
+        LogError::Io { .. }
+        | LogError::Config(_)
+        | LogError::Background { .. }
+        | LogError::FormatTooNew { .. }
+        | LogError::FormatUnreadable { .. } => Code::Internal,
     }
 }
 
