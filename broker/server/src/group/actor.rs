@@ -1,11 +1,10 @@
 //! The tokio task that runs one group's [`GroupWindow`].
 //!
 //! Sessions send it [`Cmd`]s; it answers on each member's bounded
-//! channel. It never awaits storage in its loop: reads, commits,
-//! dead-letter appends, the age of the oldest event, and the storage calls
-//! of a first join or a seek run as spawned futures that report back on
-//! the actor's own channel ([`Done`]), so a slow disk delays no ack and no
-//! credit. Ordering it keeps:
+//! channel. Its loop never awaits storage: reads, commits, dead-letter
+//! appends, age lookups and the storage calls of a first join or a seek
+//! are spawned futures that report back on the actor's own channel
+//! ([`Done`]), so a slow disk delays no ack and no credit. It keeps:
 //!
 //! - one read in flight, one commit in flight (the window tracks both);
 //! - a seek's reset waits for the commit in flight, and no commit starts
@@ -87,8 +86,7 @@ enum Done {
 enum Hold {
     /// A first join is resolving and committing where the group starts.
     Start,
-    /// A seek's reset is waiting for the commit in flight, or being made
-    /// durable.
+    /// A seek's reset waits for the commit in flight, or is under way.
     Seek,
     /// A member just joined: the read started after it must be pumped
     /// before the commands queued behind the join.
@@ -182,8 +180,8 @@ struct Actor {
     hold: Option<Hold>,
     /// A seek waiting for the commit in flight to finish first.
     waiting_seek: Option<(u64, SeekOutcome, oneshot::Sender<Result<SeekOutcome>>)>,
-    /// An age-of-oldest-event lookup is in flight: one at a time, so a
-    /// hung disk does not pile them up.
+    /// An age lookup is in flight: one at a time, so a hung disk does not
+    /// pile them up.
     aging: bool,
 }
 
