@@ -304,7 +304,7 @@ impl Actor {
                     Effect::DeadLetter(off, letter) => {
                         let (store, done) = (self.store.clone(), self.done.clone());
                         tokio::spawn(async move {
-                            let r = store.dead_letter(letter).await.map_err(|e| e.to_string());
+                            let r = store.dead_letter(*letter).await.map_err(|e| e.to_string());
                             let _ = done.send(Done::DeadLettered(off, r));
                         });
                     }

@@ -50,7 +50,7 @@ pub enum Effect {
     Send(u64, Outbound),
     /// Append this event to the group's dead-letter queue, then report
     /// with [`GroupWindow::dead_lettered`].
-    DeadLetter(u64, dlq::Letter),
+    DeadLetter(u64, Box<dlq::Letter>),
 }
 
 /// A read the actor must start, then report with
@@ -394,7 +394,7 @@ impl GroupWindow {
                 reason: e.last_reason.clone(),
                 first_delivered_us: e.first_delivered_us,
             };
-            self.effects.push(Effect::DeadLetter(off, letter));
+            self.effects.push(Effect::DeadLetter(off, Box::new(letter)));
             return;
         }
         self.redelivered += 1;
