@@ -67,7 +67,7 @@ pub enum Cmd {
 /// A storage call the actor started, finished.
 enum Done {
     Read(u64, std::result::Result<Vec<StoredRecord>, ReadError>),
-    Committed(Result<()>),
+    Committed(u64, Result<()>),
     DeadLettered(u64, std::result::Result<(), String>),
     Aged(u64, Duration),
     /// A first join's start position is resolved and durable.
@@ -246,7 +246,7 @@ impl Actor {
         }
         if let Some(pos) = self.window.poll_commit(Instant::now(), true) {
             let r = self.store.commit(pos).await;
-            self.window.commit_done(r);
+            self.window.commit_done(pos, r);
         }
         self.window.stopped();
         if let Some(r) = stop_reply {
@@ -274,7 +274,7 @@ impl Actor {
         if let Some(pos) = self.window.poll_commit(now, false) {
             let (store, done) = (self.store.clone(), self.done.clone());
             tokio::spawn(async move {
-                let _ = done.send(Done::Committed(store.commit(pos).await));
+                let _ = done.send(Done::Committed(pos, store.commit(pos).await));
             });
         }
         self.flush();
@@ -443,8 +443,8 @@ impl Actor {
                     self.hold = None;
                 }
             }
-            Done::Committed(r) => {
-                self.window.commit_done(r);
+            Done::Committed(pos, r) => {
+                self.window.commit_done(pos, r);
                 self.start_reset();
             }
             Done::DeadLettered(off, r) => self.window.dead_lettered(off, r, now),

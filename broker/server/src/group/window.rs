@@ -213,10 +213,6 @@ impl GroupWindow {
             .unwrap_or(self.next_read)
     }
 
-    pub fn has_members(&self) -> bool {
-        !self.members.is_empty()
-    }
-
     /// A read is in flight.
     pub fn reading(&self) -> bool {
         self.reading

@@ -172,9 +172,9 @@ impl Harness {
                 };
                 if ok {
                     self.durable = pos;
-                    self.w.commit_done(Ok(()));
+                    self.w.commit_done(pos, Ok(()));
                 } else {
-                    self.w.commit_done(Err(BrokerError::ShuttingDown));
+                    self.w.commit_done(pos, Err(BrokerError::ShuttingDown));
                 }
             }
             Op::DeadLetterDone { ok } => {

@@ -205,7 +205,7 @@ fn the_last_member_leaving_drops_the_window_and_a_stale_read_is_ignored() {
     // The forced commit of the last leave is due now.
     assert_eq!(w.poll_commit(t0, false), Some(1));
     assert!(w.poll_commit(t0, true).is_none(), "one commit in flight");
-    w.commit_done(Ok(()));
+    w.commit_done(1, Ok(()));
     assert_eq!(w.snapshot().committed, 1);
     let c = w.join("c".into(), 5, false).member_id;
     let r = w.poll_read(t0).unwrap();

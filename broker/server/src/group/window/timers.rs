@@ -150,10 +150,12 @@ impl GroupWindow {
         self.committing.is_some()
     }
 
-    pub fn commit_done(&mut self, result: Result<()>) {
-        let Some(pos) = self.committing.take() else {
-            return;
-        };
+    /// The commit of `pos` finished; on success `pos` is durable.
+    pub fn commit_done(&mut self, pos: u64, result: Result<()>) {
+        if self.committing != Some(pos) {
+            return; // not the commit this window started
+        }
+        self.committing = None;
         match result {
             Ok(()) => self.committed = Some(pos),
             Err(e) => {
