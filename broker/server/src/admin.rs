@@ -6,12 +6,11 @@ use mesh_log::{CommitMode, LogError, TopicStats};
 use mesh_proto::broker::v1 as pb;
 
 use crate::{
-    convert,
-    dispatcher::{Cmd, SeekOutcome},
-    dlq,
+    convert, dlq,
     error::{BrokerError, Result},
+    group::{Cmd, LogStore, SeekOutcome, resolve_start},
     state::Broker,
-    subscribe::{parse_start, resolve_start},
+    subscribe::parse_start,
 };
 
 fn topic_info(t: TopicStats, default_attempts: u32) -> pb::TopicInfo {
@@ -165,14 +164,13 @@ impl Broker {
             ));
         }
         let start = parse_start(r.position.as_ref(), "position")?;
-        let target = resolve_start(self, &r.topic, start)
-            .await
-            .map_err(|e| match e {
-                BrokerError::InvalidArgument { reason, .. } => {
-                    BrokerError::invalid("position.offset", reason)
-                }
-                e => e,
-            })?;
+        let store = LogStore::new(self.storage.clone(), self.cfg.clone(), &r.topic, &r.group);
+        let target = resolve_start(&store, start).await.map_err(|e| match e {
+            BrokerError::InvalidArgument { reason, .. } => {
+                BrokerError::invalid("position.offset", reason)
+            }
+            e => e,
+        })?;
         let outcome = match self.groups.get(&r.topic, &r.group) {
             Some(h) => {
                 let (reply, rx) = tokio::sync::oneshot::channel();

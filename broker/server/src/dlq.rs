@@ -25,9 +25,12 @@ use prost::Message;
 use crate::{
     config::BrokerConfig,
     convert,
-    dispatcher::REDRIVE_GROUP_ATTR,
     error::{BrokerError, Result},
 };
+
+/// Attribute that marks a redriven copy of a dead letter: only this group
+/// receives it.
+pub const REDRIVE_GROUP_ATTR: &str = "mesh.redrive.group";
 
 pub const CURSOR: &str = "dlq-cursor";
 const PAGE: usize = 1000;
@@ -43,6 +46,7 @@ pub fn topic_name(topic: &str, group: &str) -> String {
     format!("{topic}.{group}.dlq")
 }
 
+#[derive(Debug)]
 pub struct Letter {
     pub event: StoredEvent,
     pub attempts: u32,

@@ -31,6 +31,21 @@ pub enum BrokerError {
     #[error("the broker is shutting down; reconnect")]
     ShuttingDown,
 
+    /// A member's group stopped under it (topic or group deleted, or
+    /// shutdown).
+    #[error("the group was stopped (topic or group deleted, or shutdown); reconnect")]
+    GroupStopped,
+
+    /// A group member sent nothing for `delivery.idle_timeout_ms`.
+    #[error(
+        "no request from this subscriber for delivery.idle_timeout_ms = {idle_ms} ms; its in-flight events went back to the group"
+    )]
+    IdleTimeout { idle_ms: u128 },
+
+    /// A second `open` on a Subscribe stream.
+    #[error("open: the subscription is already open; send open once per stream")]
+    AlreadyOpen,
+
     #[error("server: {0}")]
     Transport(#[from] tonic::transport::Error),
 
@@ -53,7 +68,9 @@ impl BrokerError {
             BrokerError::ResourceExhausted(_) => Code::ResourceExhausted,
             BrokerError::FailedPrecondition(_) => Code::FailedPrecondition,
             BrokerError::NotFound(_) => Code::NotFound,
-            BrokerError::ShuttingDown => Code::Unavailable,
+            BrokerError::ShuttingDown | BrokerError::GroupStopped => Code::Unavailable,
+            BrokerError::IdleTimeout { .. } => Code::DeadlineExceeded,
+            BrokerError::AlreadyOpen => Code::FailedPrecondition,
             BrokerError::Config(_) | BrokerError::Transport(_) | BrokerError::Io(_) => {
                 Code::Internal
             }

@@ -7,8 +7,8 @@ use mesh_log::Storage;
 
 use crate::{
     config::BrokerConfig,
-    dispatcher::{Dispatcher, GroupHandle},
     error::Result,
+    group::{self, GroupHandle},
 };
 
 #[derive(Default)]
@@ -36,7 +36,7 @@ impl Groups {
         if let Some(h) = map.get(&key).filter(|h| !h.tx.is_closed()) {
             return Ok(h.clone());
         }
-        let h = Dispatcher::spawn(topic, group, storage.clone(), cfg.clone())?;
+        let h = group::spawn(topic, group, storage.clone(), cfg.clone())?;
         map.insert(key, h.clone());
         Ok(h)
     }

@@ -8,9 +8,11 @@
 //! - [`subscribe`]: Subscribe sessions: group members and ephemeral tails.
 //! - [`outbox`]: what a Subscribe stream may queue, bounded in bytes per
 //!   stream and broker-wide.
-//! - [`dispatcher`]: one consumer group's actor: credit, per-key order,
-//!   acks, redelivery with backoff, dead-lettering, committed position.
-//! - [`groups`]: the running dispatchers.
+//! - [`group`]: one consumer group: credit, per-key order, acks,
+//!   redelivery with backoff, dead-lettering, committed position; a pure
+//!   state machine ([`group::window`]), the actor that runs it
+//!   ([`group::actor`]) and the storage seam ([`group::store`]).
+//! - [`groups`]: the running group actors.
 //! - [`dlq`]: dead-letter topics: append, list, redrive, purge.
 //! - [`admin`]: topic, group and dead-letter administration.
 //! - [`state`]: what all handlers share.
@@ -23,9 +25,9 @@
 pub mod admin;
 pub mod config;
 pub mod convert;
-pub mod dispatcher;
 pub mod dlq;
 pub mod error;
+pub mod group;
 pub mod groups;
 pub mod metrics;
 pub mod outbox;

@@ -30,10 +30,9 @@ use tonic::{Status, Streaming};
 
 use crate::{
     config::BrokerConfig,
-    convert,
-    dispatcher::{Cmd, GroupHandle, JoinRequest, Outbound, Start, member_id},
-    dlq,
+    convert, dlq,
     error::{BrokerError, Result},
+    group::{Cmd, GroupHandle, JoinRequest, LogStore, Outbound, Start, member_id, resolve_start},
     outbox::{self, Outbox, OutboxStream},
     state::Broker,
 };
@@ -172,7 +171,8 @@ pub async fn subscribe(
     let open = validate_open(&broker, open)?;
     broker.ensure_topic("open.topic", &open.topic).await?;
     if open.group.is_empty() {
-        let start = resolve_start(&broker, &open.topic, open.start).await?;
+        let store = LogStore::new(broker.storage.clone(), broker.cfg.clone(), &open.topic, "");
+        let start = resolve_start(&store, open.start).await?;
         tokio::spawn(async move {
             let _slot = (slot, crate::metrics::Connected::subscriber());
             tail(broker, open, start, inbound, tx).await;
@@ -218,25 +218,6 @@ pub async fn subscribe(
     Ok(rx)
 }
 
-pub async fn resolve_start(broker: &Broker, topic: &str, start: Start) -> Result<u64> {
-    let t = broker.storage.topic(topic)?;
-    Ok(match start {
-        Start::Earliest => t.earliest,
-        Start::Latest => t.head,
-        Start::Offset(o) if o > t.head => {
-            return Err(BrokerError::invalid(
-                "open.start.offset",
-                format!(
-                    "offset {o} is beyond the head {} of topic {topic:?}",
-                    t.head
-                ),
-            ));
-        }
-        Start::Offset(o) => o.max(t.earliest),
-        Start::TimeUs(us) => broker.storage.offset_for_time(topic, us).await?,
-    })
-}
-
 fn outbound(o: Outbound) -> Response {
     match o {
         Outbound::Deliveries(d) => Response::Deliveries(pb::Deliveries { deliveries: d }),
@@ -280,7 +261,7 @@ async fn group_session(
             }
             out = out_rx.recv(), if queue.is_empty() => {
                 let Some(o) = out else {
-                    tx.finish(Status::unavailable("the group was stopped (topic or group deleted, or shutdown); reconnect"));
+                    tx.finish(BrokerError::GroupStopped.into());
                     return;
                 };
                 let sent = match &o {
@@ -297,7 +278,7 @@ async fn group_session(
                 let (item, sent) = queue.pop_front().expect("front is some");
                 slot.send(item);
                 if !sent.is_empty() && handle.send(Cmd::Sent(member, sent)).await.is_err() {
-                    tx.finish(Status::unavailable("the group was stopped; reconnect"));
+                    tx.finish(BrokerError::GroupStopped.into());
                     return;
                 }
             }
@@ -307,8 +288,8 @@ async fn group_session(
                         last_seen = Instant::now();
                         match handle_request(handle, member, req).await {
                             Ok(()) => {}
-                            Err(Refusal::Fatal(status)) => {
-                                tx.finish(status);
+                            Err(Refusal::Fatal(e)) => {
+                                tx.finish(e.into());
                                 return;
                             }
                             Err(Refusal::Refused(e)) => {
@@ -325,10 +306,7 @@ async fn group_session(
             _ = tx.closed() => return,
             _ = heartbeat.tick() => {
                 if !auto_ack && last_seen.elapsed() > idle {
-                    tx.finish(Status::deadline_exceeded(format!(
-                        "no request from this subscriber for delivery.idle_timeout_ms = {} ms; its in-flight events went back to the group",
-                        idle.as_millis()
-                    )));
+                    tx.finish(BrokerError::IdleTimeout { idle_ms: idle.as_millis() }.into());
                     return;
                 }
                 if queue.is_empty() && tx.try_send(msg(Response::Heartbeat(pb::Heartbeat {}))).is_err() {
@@ -342,7 +320,7 @@ async fn group_session(
 /// Why a request on an open subscription was not carried out.
 enum Refusal {
     /// The stream cannot go on: a second open, or the group stopped.
-    Fatal(Status),
+    Fatal(BrokerError),
     /// Only this request is refused. Like an ack of an offset the member
     /// does not hold, it gets an in-stream error and the stream goes on;
     /// ending the stream would send every delivery the member holds back
@@ -355,11 +333,9 @@ async fn handle_request(
     member: u64,
     req: SubscribeRequest,
 ) -> std::result::Result<(), Refusal> {
-    let gone = |_| Refusal::Fatal(Status::unavailable("the group was stopped; reconnect"));
+    let gone = |_| Refusal::Fatal(BrokerError::GroupStopped);
     match req.request {
-        Some(Request::Open(_)) => Err(Refusal::Fatal(Status::failed_precondition(
-            "open: the subscription is already open; send open once per stream",
-        ))),
+        Some(Request::Open(_)) => Err(Refusal::Fatal(BrokerError::AlreadyOpen)),
         Some(Request::Ack(a)) => handle.send(Cmd::Ack(member, a.offsets)).await.map_err(gone),
         Some(Request::Nack(n)) => {
             let delay = match n
@@ -467,12 +443,12 @@ async fn tail(
                 return;
             }
             changed = head.changed() => if changed.is_err() {
-                tx.finish(Status::not_found(format!("topic {:?} was deleted", open.topic)));
+                tx.finish(BrokerError::NotFound(format!("topic {:?} was deleted", open.topic)).into());
                 return;
             },
             req = inbound.message(), if inbound_open => match req {
                 Ok(Some(SubscribeRequest { request: Some(Request::Open(_)) })) => {
-                    tx.finish(Status::failed_precondition("open: the subscription is already open; send open once per stream"));
+                    tx.finish(BrokerError::AlreadyOpen.into());
                     return;
                 }
                 Ok(Some(_)) => {}

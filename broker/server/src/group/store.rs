@@ -1,0 +1,232 @@
+//! What one consumer group needs from storage, as a trait.
+//!
+//! [`GroupStore`] is the seam between a group's dispatcher and whatever
+//! keeps the topic's events and the group's position. [`LogStore`]
+//! implements it on the embedded log ([`mesh_log::Storage`]) and the
+//! dead-letter topics of [`crate::dlq`]; a NATS JetStream backend (a
+//! stream per topic, a durable consumer per group) is meant to implement
+//! the same trait later without touching the dispatcher. The signatures
+//! therefore use neutral types ([`StoredRecord`], [`ReadError`]), not the
+//! log's.
+//!
+//! Every async method may be slow (a disk, a network): the dispatcher
+//! runs them as spawned futures and never awaits one inside its loop.
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use mesh_log::{CommitMode, LogError, Storage};
+use tokio::sync::watch;
+
+use super::Start;
+use crate::{
+    config::BrokerConfig,
+    dlq,
+    error::{BrokerError, Result},
+};
+
+/// One stored event, as read: its payload is the encoded event envelope.
+#[derive(Clone, Debug)]
+pub struct StoredRecord {
+    /// Its position in the topic.
+    pub offset: u64,
+    /// When it was published (wall clock, microseconds since the epoch).
+    pub timestamp_us: i64,
+    /// The encoded `Event`; shares the read buffer.
+    pub payload: Bytes,
+}
+
+/// Why a read returned no records.
+#[derive(Debug)]
+pub enum ReadError {
+    /// Retention deleted the events from the requested offset on up to
+    /// `earliest`: read on from there.
+    Truncated { earliest: u64 },
+    /// The record at the requested offset cannot be read (corrupt); every
+    /// record before it was returned by earlier reads.
+    Damaged(BrokerError),
+    /// Anything else; worth retrying later.
+    Failed(BrokerError),
+}
+
+/// The topic's oldest stored offset and its head (one past the newest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    pub earliest: u64,
+    pub head: u64,
+}
+
+/// Storage as one (topic, group) sees it.
+#[async_trait]
+pub trait GroupStore: Send + Sync + 'static {
+    /// The topic's name, for messages.
+    fn topic(&self) -> &str;
+    /// The topic's offsets now; cheap (cached in memory).
+    fn bounds(&self) -> Result<Bounds>;
+    /// Changes whenever the topic's head moves; closes when the topic is
+    /// deleted.
+    fn watch_head(&self) -> Result<watch::Receiver<u64>>;
+    /// The topic's own `max_delivery_attempts`, if it sets one.
+    fn max_delivery_attempts(&self) -> Result<Option<u32>>;
+    /// The group's durable position: `None` if the group has none yet.
+    fn load_committed(&self) -> Result<Option<u64>>;
+    /// Up to `max_records` records from `from` on, and about `max_bytes`
+    /// of payload (always at least one record if there is one).
+    async fn read(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> std::result::Result<Vec<StoredRecord>, ReadError>;
+    /// Durably moves the group's position forward to `position`.
+    async fn commit(&self, position: u64) -> Result<()>;
+    /// Durably sets the group's position to `position`, backwards too
+    /// (a seek).
+    async fn reset(&self, position: u64) -> Result<()>;
+    /// The first offset published at or after `timestamp_us`.
+    async fn offset_for_time(&self, timestamp_us: i64) -> Result<u64>;
+    /// Durably appends a dead letter to the group's dead-letter queue.
+    async fn dead_letter(&self, letter: dlq::Letter) -> Result<()>;
+    /// How long ago the event at `offset` was published (zero if there is
+    /// none or it cannot be read).
+    async fn age_at(&self, offset: u64) -> Duration;
+}
+
+/// Where a start position is in the topic: the one resolution used by
+/// groups (their first join, a seek) and by ephemeral tails.
+pub async fn resolve_start(store: &dyn GroupStore, start: Start) -> Result<u64> {
+    let b = store.bounds()?;
+    Ok(match start {
+        Start::Earliest => b.earliest,
+        Start::Latest => b.head,
+        Start::Offset(o) if o > b.head => {
+            return Err(BrokerError::invalid(
+                "open.start.offset",
+                format!(
+                    "offset {o} is beyond the head {} of topic {:?}",
+                    b.head,
+                    store.topic()
+                ),
+            ));
+        }
+        Start::Offset(o) => o.max(b.earliest),
+        Start::TimeUs(us) => store.offset_for_time(us).await?,
+    })
+}
+
+/// [`GroupStore`] on the embedded log.
+pub struct LogStore {
+    /// The log holding the topic, the group's position and its DLQ.
+    storage: Arc<dyn Storage>,
+    /// For the dead-letter topic's settings.
+    cfg: Arc<BrokerConfig>,
+    /// The topic the group reads.
+    topic: String,
+    /// The group whose position and DLQ this is; empty for a tail, which
+    /// uses only the topic's methods.
+    group: String,
+}
+
+impl LogStore {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        cfg: Arc<BrokerConfig>,
+        topic: &str,
+        group: &str,
+    ) -> Self {
+        LogStore {
+            storage,
+            cfg,
+            topic: topic.to_string(),
+            group: group.to_string(),
+        }
+    }
+}
+
+#[async_trait]
+impl GroupStore for LogStore {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn bounds(&self) -> Result<Bounds> {
+        let t = self.storage.topic(&self.topic)?;
+        Ok(Bounds {
+            earliest: t.earliest,
+            head: t.head,
+        })
+    }
+
+    fn watch_head(&self) -> Result<watch::Receiver<u64>> {
+        Ok(self.storage.watch_head(&self.topic)?)
+    }
+
+    fn max_delivery_attempts(&self) -> Result<Option<u32>> {
+        Ok(self
+            .storage
+            .topic(&self.topic)?
+            .config
+            .max_delivery_attempts)
+    }
+
+    fn load_committed(&self) -> Result<Option<u64>> {
+        Ok(self.storage.committed(&self.topic, &self.group)?)
+    }
+
+    async fn read(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> std::result::Result<Vec<StoredRecord>, ReadError> {
+        match self
+            .storage
+            .read(&self.topic, from, max_records, max_bytes)
+            .await
+        {
+            Ok(records) => Ok(records
+                .into_iter()
+                .map(|r| StoredRecord {
+                    offset: r.offset,
+                    timestamp_us: r.timestamp_us,
+                    payload: r.payload,
+                })
+                .collect()),
+            Err(LogError::OffsetTruncated { earliest, .. }) => {
+                Err(ReadError::Truncated { earliest })
+            }
+            Err(e @ LogError::Corrupt { .. }) => Err(ReadError::Damaged(e.into())),
+            Err(e) => Err(ReadError::Failed(e.into())),
+        }
+    }
+
+    async fn commit(&self, position: u64) -> Result<()> {
+        self.storage
+            .commit(&self.topic, &self.group, position, CommitMode::Forward)
+            .await?;
+        Ok(())
+    }
+
+    async fn reset(&self, position: u64) -> Result<()> {
+        self.storage
+            .commit(&self.topic, &self.group, position, CommitMode::Reset)
+            .await?;
+        Ok(())
+    }
+
+    async fn offset_for_time(&self, timestamp_us: i64) -> Result<u64> {
+        Ok(self
+            .storage
+            .offset_for_time(&self.topic, timestamp_us)
+            .await?)
+    }
+
+    async fn dead_letter(&self, letter: dlq::Letter) -> Result<()> {
+        dlq::dead_letter(&*self.storage, &self.cfg, &self.topic, &self.group, letter).await
+    }
+
+    async fn age_at(&self, offset: u64) -> Duration {
+        crate::metrics::age_at(&*self.storage, &self.topic, offset).await
+    }
+}

@@ -1,0 +1,215 @@
+//! The read-ahead: what to read next, what a read brought, and handing
+//! ready events to members.
+
+use mesh_proto::broker::v1 as pb;
+use tokio::time::Instant;
+
+use super::{
+    Effect, GroupWindow, MAX_BATCH, READ_BATCH, READ_MAX_BYTES, READ_RETRY, ReadRequest,
+    entry::{Blocked, Entry, State},
+};
+use crate::{
+    config::BrokerConfig,
+    error::BrokerError,
+    group::{
+        Outbound,
+        store::{ReadError, StoredRecord},
+    },
+};
+
+impl GroupWindow {
+    /// The read-ahead holds `limits.group_window` events or
+    /// `limits.group_window_bytes` of payload, whichever comes first.
+    fn window_full(&self) -> bool {
+        let l = &self.cfg.limits;
+        self.pending.len() >= l.group_window || self.pending_bytes >= l.group_window_bytes
+    }
+
+    /// One past the last offset the read-ahead may read: the head, or the
+    /// damaged offset the group is blocked at.
+    fn read_limit(&self) -> u64 {
+        match &self.blocked {
+            Some(b) => b.offset.min(self.head),
+            None => self.head,
+        }
+    }
+
+    /// The read to start now, if the read-ahead has room and there is
+    /// something to read (and someone to read it for).
+    pub fn poll_read(&mut self, now: Instant) -> Option<ReadRequest> {
+        if self.reading
+            || self.members.is_empty()
+            || self.read_backoff_until.is_some_and(|t| t > now)
+        {
+            return None;
+        }
+        self.read_backoff_until = None;
+        let limit = self.read_limit();
+        if self.window_full() || self.next_read >= limit {
+            return None;
+        }
+        let l = &self.cfg.limits;
+        let room_events = l.group_window - self.pending.len();
+        let room_bytes = l.group_window_bytes - self.pending_bytes;
+        let readable = usize::try_from(limit - self.next_read).unwrap_or(usize::MAX);
+        self.reading = true;
+        Some(ReadRequest {
+            epoch: self.epoch,
+            from: self.next_read,
+            max_records: room_events.min(READ_BATCH).min(readable),
+            max_bytes: room_bytes.min(READ_MAX_BYTES),
+        })
+    }
+
+    /// The read started for `epoch` finished.
+    pub fn read_done(
+        &mut self,
+        epoch: u64,
+        result: std::result::Result<Vec<StoredRecord>, ReadError>,
+        now: Instant,
+    ) {
+        self.reading = false;
+        if epoch != self.epoch {
+            return; // the window was dropped since: read again from its new start
+        }
+        match result {
+            Ok(records) => {
+                for r in records {
+                    self.next_read = r.offset + 1;
+                    self.insert(r);
+                }
+            }
+            Err(ReadError::Truncated { earliest }) => {
+                tracing::warn!(topic = %self.topic, group = %self.group, from = self.next_read, earliest, "events were deleted by retention before this group read them");
+                self.next_read = earliest;
+            }
+            Err(ReadError::Damaged(e)) => self.block(e),
+            Err(ReadError::Failed(e)) => {
+                tracing::error!(topic = %self.topic, group = %self.group, offset = self.next_read, error = %e, "read failed");
+                self.broadcast_error(&e);
+                self.read_backoff_until = Some(now + READ_RETRY);
+            }
+        }
+    }
+
+    /// The read at `next_read` hit damage. The store returns the records
+    /// before damage without an error, so everything before `next_read`
+    /// has been read: stop here, tell every member once, and wait for an
+    /// operator's SeekGroup.
+    fn block(&mut self, e: BrokerError) {
+        let offset = self.next_read;
+        let reason = e.to_string();
+        let mut error = crate::error::to_proto(&e);
+        error.message = format!(
+            "group {:?} of topic {:?} is blocked at offset {offset}: {reason}; every event before it was delivered, none from it on will be until SeekGroup moves the group to offset {} or later",
+            self.group,
+            self.topic,
+            offset + 1
+        );
+        tracing::error!(topic = %self.topic, group = %self.group, offset, error = %reason, "consumer group blocked at a damaged record; SeekGroup past it to go on");
+        self.metrics.blocked.set(1.0);
+        for &id in self.members.keys() {
+            self.effects
+                .push(Effect::Send(id, Outbound::Error(error.clone())));
+        }
+        self.blocked = Some(Blocked {
+            offset,
+            reason,
+            error,
+        });
+    }
+
+    fn insert(&mut self, record: StoredRecord) {
+        let Some(entry) = Entry::read(&self.topic, &self.group, record) else {
+            return;
+        };
+        let offset = entry.record.offset;
+        let first_of_key = entry.key.as_ref().is_none_or(|k| self.keys.push(k, offset));
+        let mut entry = entry;
+        if first_of_key {
+            entry.state = State::Ready;
+            self.ready.insert(offset);
+        }
+        self.pending_bytes += entry.record.payload.len();
+        self.pending.insert(offset, entry);
+    }
+
+    /// Hands ready events to members with credit, round-robin.
+    pub fn pump(&mut self, now: Instant, now_us: i64) {
+        let deadline = now + BrokerConfig::ms(self.cfg.delivery.ack_deadline_ms);
+        while !self.ready.is_empty() {
+            let ids: Vec<u64> = self
+                .members
+                .iter()
+                .filter(|(_, m)| m.credit > 0)
+                .map(|(&id, _)| id)
+                .collect();
+            if ids.is_empty() {
+                return;
+            }
+            let per = self.ready.len().div_ceil(ids.len()).clamp(1, MAX_BATCH);
+            let start = (self.rr as usize) % ids.len();
+            self.rr = self.rr.wrapping_add(1);
+            for &id in ids[start..].iter().chain(&ids[..start]) {
+                let m = self.members.get_mut(&id).expect("member exists");
+                let n = (m.credit as usize).min(per).min(self.ready.len());
+                if n == 0 {
+                    continue;
+                }
+                m.credit -= n as u32;
+                let mut batch = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let off = self.ready.pop_first().expect("ready is not empty");
+                    let e = self
+                        .pending
+                        .get_mut(&off)
+                        .expect("ready entries are pending");
+                    e.attempt += 1;
+                    if e.first_delivered_us == 0 {
+                        e.first_delivered_us = now_us;
+                    }
+                    e.state = State::InFlight {
+                        member: id,
+                        deadline,
+                    };
+                    // An auto-ack member acks by reading (`sent`): no
+                    // deadline, or a reader that stalls would have its
+                    // events redelivered to itself until dead-lettered.
+                    if !m.auto_ack {
+                        self.deadlines.insert((deadline, off));
+                    }
+                    m.in_flight.insert(off);
+                    batch.push(pb::Delivery {
+                        event: Some(e.take_event(&self.topic)),
+                        delivery_attempt: e.attempt,
+                    });
+                }
+                self.metrics.delivered.increment(n as u64);
+                self.effects
+                    .push(Effect::Send(id, Outbound::Deliveries(batch)));
+            }
+        }
+    }
+
+    /// Tells every member once when everything up to the head is handed out.
+    pub fn report_caught_up(&mut self) {
+        // Events held behind their key have not been handed out either:
+        // without them, a keyed backlog reported CaughtUp as soon as the
+        // first event of each key was out.
+        let caught_up = self.next_read >= self.head
+            && self.ready.is_empty()
+            && self.delayed.is_empty()
+            && self.keys.held() == 0;
+        if !caught_up {
+            self.caught_up_sent = false;
+            return;
+        }
+        if !self.caught_up_sent && !self.members.is_empty() {
+            for &id in self.members.keys() {
+                self.effects
+                    .push(Effect::Send(id, Outbound::CaughtUp(self.head)));
+            }
+            self.caught_up_sent = true;
+        }
+    }
+}
