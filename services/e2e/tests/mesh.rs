@@ -462,7 +462,7 @@ fn the_tutorial_is_the_tested_crate_and_its_compose_entry() {
     .unwrap();
     assert_eq!(
         mesh_test_support::code_blocks(tutorial.text(), "rust"),
-        [main.clone()],
+        std::slice::from_ref(&main),
         "docs/tutorial.md's main.rs differs from services/notifications/src/main.rs"
     );
     assert!(
