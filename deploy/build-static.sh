@@ -5,17 +5,16 @@
 #   deploy/build-static.sh && MESH_DOCKERFILE=deploy/Dockerfile.prebuilt docker-compose up --build
 # The binaries need nothing from the image: no libc, no shell; glibc's
 # built-in files/dns lookup resolves service names. The cargo command is the
-# one of deploy/Dockerfile's builder stage.
+# one of deploy/Dockerfile's builder stage. Each image of
+# deploy/Dockerfile.prebuilt copies the one binary its BIN names.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=$(rustc -vV | sed -n 's/^host: //p')
-bins=(broker orders billing shipping analytics notifications)
-args=()
-for b in "${bins[@]}"; do args+=(-p "$b"); done
-RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked --target "$target" "${args[@]}"
+# Every binary of the workspace: no list to keep in step with compose, whose
+# entries pick one each by BIN.
+RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked --target "$target" --workspace --bins
+rm -rf deploy/bin
 mkdir -p deploy/bin
-for b in "${bins[@]}"; do
-  cp "target/$target/release/$b" deploy/bin/
-  strip deploy/bin/$b   # debug info is not needed in an image
-done
-echo "static binaries in deploy/bin: ${bins[*]}"
+find "target/$target/release" -maxdepth 1 -type f -perm -u+x -exec cp {} deploy/bin/ \;
+strip deploy/bin/*   # debug info is not needed in an image
+echo "static binaries in deploy/bin: $(cd deploy/bin && echo *)"

@@ -1,4 +1,5 @@
-//! Runs the README's grpcurl commands, as written, with a real grpcurl 1.8.6
+//! Runs the grpcurl commands of docs/broker-api.md ("Calls, with grpcurl"),
+//! as written, with a real grpcurl 1.8.6
 //! (from PATH, or installed into target/tools by mesh-test-support) against
 //! the real broker binary. Only the address is changed, to the test's
 //! ephemeral port.
@@ -9,29 +10,13 @@ use std::process::Command;
 
 use common::BrokerProcess;
 
-/// The ```sh blocks of the README's API section that call grpcurl.
-fn readme_commands() -> Vec<String> {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
-    let api = readme
-        .split("## The broker API")
-        .nth(1)
-        .expect("README has an API section")
-        .split("\n## ")
-        .next()
-        .unwrap();
-    let mut out = Vec::new();
-    let mut rest = api;
-    while let Some(start) = rest.find("```sh\n") {
-        let body = &rest[start + 6..];
-        let end = body.find("```").unwrap();
-        let block = &body[..end];
-        if block.contains("grpcurl ") && !block.contains("pip install") {
-            out.push(block.to_string());
-        }
-        rest = &body[end + 3..];
-    }
-    out
+/// The ```sh blocks of the API doc's examples that call grpcurl.
+fn doc_commands() -> Vec<String> {
+    let doc = mesh_test_support::doc("docs/broker-api.md");
+    mesh_test_support::code_blocks(doc.section("## Calls, with grpcurl"), "sh")
+        .into_iter()
+        .filter(|b| b.contains("grpcurl "))
+        .collect()
 }
 
 fn run(block: &str, addr: &str) -> (bool, String) {
@@ -51,7 +36,7 @@ fn run(block: &str, addr: &str) -> (bool, String) {
 }
 
 #[test]
-fn readme_grpcurl_commands_work_as_written() {
+fn the_api_docs_grpcurl_commands_work_as_written() {
     let (ok, version) = run("grpcurl -version", "");
     assert!(
         ok && version.contains("1.8.6"),
@@ -61,8 +46,8 @@ fn readme_grpcurl_commands_work_as_written() {
     let dir = tempfile::tempdir().unwrap();
     let b = BrokerProcess::spawn(dir.path(), &[]);
     let addr = b.addr.to_string();
-    let blocks = readme_commands();
-    // The order of the README: create, publish, tail, group+ack, describe,
+    let blocks = doc_commands();
+    // The order of the doc: create, publish, tail, group+ack, describe,
     // dead letters, seek.
     let expect: &[(&str, &[&str])] = &[
         ("CreateTopic", &["\"name\": \"orders\""]),
@@ -99,7 +84,7 @@ fn readme_grpcurl_commands_work_as_written() {
     assert_eq!(
         blocks.len(),
         expect.len(),
-        "README grpcurl blocks changed: {blocks:#?}"
+        "docs/broker-api.md grpcurl blocks changed: {blocks:#?}"
     );
     for (block, (marker, needles)) in blocks.iter().zip(expect) {
         assert!(

@@ -111,24 +111,6 @@ fn attr<'a>(d: &'a pb::Delivery, k: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
-/// Next message of any kind but heartbeats (lag reports included), or
-/// `None` when the stream ended or `timeout` passed.
-async fn next_msg(s: &mut Sub, timeout: Duration) -> Option<Response> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let m = tokio::time::timeout_at(deadline, s.rx.message())
-            .await
-            .ok()?;
-        match m {
-            Ok(Some(pb::SubscribeResponse {
-                response: Some(Response::Heartbeat(_)),
-            })) => continue,
-            Ok(Some(pb::SubscribeResponse { response: Some(r) })) => return Some(r),
-            _ => return None,
-        }
-    }
-}
-
 /// Exactly `n` deliveries, or a panic naming what was missing.
 async fn take_exactly(s: &mut Sub, n: usize, what: &str) -> Vec<pb::Delivery> {
     let d = s.take(n, WAIT).await;
@@ -941,7 +923,7 @@ async fn caught_up_after_the_backlog_and_periodic_lag() {
     let mut got = Vec::new();
     let deadline = Instant::now() + WAIT;
     let head = loop {
-        match next_msg(&mut s, deadline - Instant::now()).await {
+        match s.next_or_lag(deadline - Instant::now()).await {
             Some(Response::Deliveries(d)) => {
                 let offs = offsets(&d.deliveries);
                 got.extend(offs.iter().copied());
@@ -965,7 +947,7 @@ async fn caught_up_after_the_backlog_and_periodic_lag() {
     let mut lags = Vec::new();
     let deadline = Instant::now() + WAIT;
     while lags.len() < 3 && Instant::now() < deadline {
-        match next_msg(&mut s, deadline - Instant::now()).await {
+        match s.next_or_lag(deadline - Instant::now()).await {
             Some(Response::Deliveries(d)) => held.extend(offsets(&d.deliveries)),
             Some(Response::Lag(l)) if held.len() == 5 => lags.push(l),
             Some(Response::Lag(_)) => {}
@@ -988,7 +970,7 @@ async fn caught_up_after_the_backlog_and_periodic_lag() {
     let mut zero = false;
     let deadline = Instant::now() + WAIT;
     while !(zero && caught_up.is_some()) && Instant::now() < deadline {
-        match next_msg(&mut s, deadline - Instant::now()).await {
+        match s.next_or_lag(deadline - Instant::now()).await {
             Some(Response::Deliveries(d)) => {
                 let offs = offsets(&d.deliveries);
                 rest.extend(offs.iter().copied());
@@ -1137,7 +1119,8 @@ async fn committed_progress_survives_consumer_and_broker_restarts() {
     b.stop().await;
 }
 
-/// grpcurl's way (README, "Subscribe as group billing and ack offset 0"):
+/// grpcurl's way (docs/broker-api.md, "Subscribe as group billing and ack
+/// offset 0"):
 /// `open` and an ack of offset 0 in one burst, before anything arrived.
 /// The new member holds offset 0 by the time its ack is handled, so the ack
 /// is taken and the group commits past it, with no in-stream error.

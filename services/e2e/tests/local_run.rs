@@ -1,6 +1,7 @@
 //! `deploy/run-local.sh` brings the mesh up as processes, and the README's
-//! grpcurl commands for the services work as written against it (with a
-//! real grpcurl that knows the services only through reflection).
+//! grpcurl commands for the services ("Call the services") work as written
+//! against it (with a real grpcurl that knows the services only through
+//! reflection).
 
 mod common;
 
@@ -20,27 +21,6 @@ fn free_block(n: u16, from: u16) -> u16 {
         }
     }
     panic!("no {n} free consecutive ports");
-}
-
-/// The ```sh blocks of a README section.
-fn readme_blocks(section: &str) -> Vec<String> {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
-    let body = readme
-        .split(section)
-        .nth(1)
-        .unwrap_or_else(|| panic!("README has no {section:?}"));
-    // Up to the next heading of any level.
-    let body = body.split("\n#").next().unwrap();
-    let mut out = Vec::new();
-    let mut rest = body;
-    while let Some(start) = rest.find("```sh\n") {
-        let b = &rest[start + 6..];
-        let end = b.find("```").unwrap();
-        out.push(b[..end].to_string());
-        rest = &b[end + 3..];
-    }
-    out
 }
 
 fn grpcurl(block: &str, base: u16) -> String {
@@ -108,7 +88,8 @@ fn run_local_script_and_readme_service_commands() {
         "run-local.sh said {line:?}"
     );
 
-    let blocks = readme_blocks("### Call the services");
+    let readme = mesh_test_support::doc("README.md");
+    let blocks = mesh_test_support::code_blocks(readme.section("### Call the services"), "sh");
     assert!(blocks.len() >= 2, "{blocks:?}");
     let placed = grpcurl(&blocks[0], base);
     assert!(placed.contains("\"orderId\": \"ord-"), "{placed}");

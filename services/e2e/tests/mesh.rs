@@ -327,7 +327,7 @@ async fn broker_restart_while_everything_runs() {
         .await
         .place_order(order("during", "carol", 100))
         .await;
-    // ... and says so with UNAVAILABLE, as the README promises.
+    // ... and says so with UNAVAILABLE, as docs/architecture.md promises.
     assert_eq!(
         down.map(|_| ()).unwrap_err().code(),
         tonic::Code::Unavailable,
@@ -453,31 +453,34 @@ async fn the_tutorial_consumer_receives_events() {
 }
 
 #[test]
-fn the_readme_tutorial_is_the_tested_crate() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+fn the_tutorial_is_the_tested_crate_and_its_compose_entry() {
+    let tutorial = mesh_test_support::doc("docs/tutorial.md");
     let main = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../notifications/src/main.rs"
     ))
     .unwrap();
-    let indented: String = main
-        .lines()
-        .map(|l| {
-            if l.is_empty() {
-                "\n".to_string()
-            } else {
-                format!("   {l}\n")
-            }
-        })
-        .collect();
-    assert!(
-        readme.contains(&indented),
-        "README's notifications main.rs differs from services/notifications/src/main.rs"
+    assert_eq!(
+        mesh_test_support::code_blocks(tutorial.text(), "rust"),
+        std::slice::from_ref(&main),
+        "docs/tutorial.md's main.rs differs from services/notifications/src/main.rs"
     );
     assert!(
         main.lines().count() <= 40,
         "the tutorial consumer should stay small"
+    );
+    // Its compose step is the entry in docker-compose.yml, whole.
+    let compose = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docker-compose.yml"
+    ))
+    .unwrap();
+    let entry = mesh_test_support::code_blocks(tutorial.section("## Run it in Docker"), "yaml");
+    assert_eq!(entry.len(), 1, "{entry:?}");
+    assert!(
+        compose.contains(&format!("\n{}\n", entry[0])),
+        "docs/tutorial.md's compose entry is not the one in docker-compose.yml:\n{}",
+        entry[0]
     );
 }
 

@@ -73,11 +73,10 @@ fn free_addr() -> SocketAddr {
 }
 
 #[test]
-fn the_readme_lists_every_service_metric() {
+fn the_operations_doc_lists_every_service_metric() {
     use mesh_sdk::metrics::{FAILED, HANDLED, HANDLER_SECONDS};
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
-    let section = readme.split("\n## Metrics\n").nth(1).unwrap();
+    let doc = mesh_test_support::doc("docs/operations.md");
+    let section = doc.section("## Metrics");
     for name in [HANDLED, FAILED, HANDLER_SECONDS] {
         assert!(section.contains(&format!("| `{name}` |")), "{name}");
     }

@@ -24,6 +24,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Streaming, transport::Channel};
 
+/// Shared by every test crate of the workspace. Allowed unused like the
+/// rest of this module: not every test file polls.
+#[allow(unused_imports)]
+pub use mesh_test_support::eventually;
+
 pub type Client = BrokerClient<Channel>;
 
 /// Settings that make timing-based behaviour quick in tests.
@@ -317,19 +322,32 @@ impl Sub {
         }
     }
 
-    /// Next message that is not a heartbeat or lag report.
-    pub async fn next(&mut self, timeout: Duration) -> Option<Response> {
+    /// Next message of any kind but heartbeats (lag reports included), or
+    /// `None` when the stream ended or `timeout` passed.
+    pub async fn next_or_lag(&mut self, timeout: Duration) -> Option<Response> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let m = tokio::time::timeout_at(deadline, self.rx.message())
                 .await
                 .ok()?;
             match m {
-                Ok(Some(pb::SubscribeResponse { response: Some(r) })) => match r {
-                    Response::Heartbeat(_) | Response::Lag(_) => continue,
-                    r => return Some(r),
-                },
+                Ok(Some(pb::SubscribeResponse {
+                    response: Some(Response::Heartbeat(_)),
+                })) => continue,
+                Ok(Some(pb::SubscribeResponse { response: Some(r) })) => return Some(r),
                 _ => return None,
+            }
+        }
+    }
+
+    /// Next message that is not a heartbeat or lag report.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Response> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_or_lag(left).await? {
+                Response::Lag(_) => continue,
+                r => return Some(r),
             }
         }
     }
@@ -391,20 +409,4 @@ pub async fn describe(c: &mut Client, topic: &str, group: &str) -> pb::GroupInfo
     .await
     .unwrap()
     .into_inner()
-}
-
-/// Polls `f` until it returns true, for at most `timeout`.
-pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
 }

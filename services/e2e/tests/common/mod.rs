@@ -22,6 +22,11 @@ use mesh_proto::{
 };
 use tonic::transport::Channel;
 
+/// Shared by every test crate of the workspace. Allowed unused like the
+/// rest of this module: not every test file polls.
+#[allow(unused_imports)]
+pub use mesh_test_support::{eventually, eventually_some};
+
 /// Builds every binary of the workspace once per test process, with the
 /// same cargo that runs the tests, so the processes run the current code.
 pub fn bin_dir() -> &'static Path {
@@ -291,38 +296,6 @@ pub fn order(key: &str, customer: &str, amount_minor: i64) -> PlaceOrderRequest 
             }),
         }],
     }
-}
-
-/// Polls `f` until it returns true, for at most `timeout`.
-pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
-
-/// Polls `f` until it returns `Some`, for at most `timeout`; that value.
-pub async fn eventually_some<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline {
-        if let Some(v) = f().await {
-            return Some(v);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    None
 }
 
 /// Events of `topic` by type, as stored in the log: (type, subject) pairs.
