@@ -334,13 +334,13 @@ impl RunningBroker {
     fn start(rt: &Runtime, args: &Args, label: &str) -> Res<Self> {
         let dir = RunDir::new(&args.dir, label)?;
         let mut cfg = BrokerConfig {
-            listen: "127.0.0.1:0".into(),
+            listen: ([127, 0, 0, 1], 0).into(),
             // Several brokers start one after another; no fixed port.
-            metrics_listen: String::new(),
+            metrics_listen: None,
             data_dir: dir.0.clone(),
             ..Default::default()
         };
-        cfg.storage.fsync = args.fsync.clone();
+        cfg.storage.fsync = args.fsync.parse().map_err(err)?;
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .map_err(err)?;
@@ -623,7 +623,7 @@ async fn unary_run(addr: SocketAddr, max_events: u64, limit: Duration) -> Res<Ru
 fn baseline_run(rt: &Runtime, args: &Args, shape: Shape) -> Res<Run> {
     let dir = RunDir::new(&args.dir, "baseline")?;
     let mut cfg = BrokerConfig::default();
-    cfg.storage.fsync = args.fsync.clone();
+    cfg.storage.fsync = args.fsync.parse().map_err(err)?;
     let storage: Arc<dyn Storage> =
         Arc::new(LocalStorage::open(&dir.0, cfg.log_config()).map_err(err)?);
     let limit = Duration::from_secs_f64(args.seconds);
