@@ -75,9 +75,6 @@ mod tests {
         assert_eq!(exponential(ms(100), ms(60_000), 1), ms(100));
         assert_eq!(exponential(ms(100), ms(60_000), 3), ms(400));
         assert_eq!(exponential(ms(100), ms(60_000), 40), ms(60_000));
-        assert_eq!(
-            exponential(Duration::MAX, Duration::MAX, 40),
-            Duration::MAX
-        );
+        assert_eq!(exponential(Duration::MAX, Duration::MAX, 40), Duration::MAX);
     }
 }

@@ -183,17 +183,29 @@ mod tests {
     fn durations_are_humantime_or_milliseconds() {
         let t = parse(r#"{"d": "1m 30s", "s": 1, "a": ""}"#).unwrap();
         assert_eq!(t.d, Duration::from_secs(90));
-        assert_eq!(parse(r#"{"d": "100ms", "s": 1, "a": ""}"#).unwrap().d, Duration::from_millis(100));
+        assert_eq!(
+            parse(r#"{"d": "100ms", "s": 1, "a": ""}"#).unwrap().d,
+            Duration::from_millis(100)
+        );
         // The old key, with a number, and with a number as a string (env).
-        assert_eq!(parse(r#"{"d_ms": 3000, "s": 1, "a": ""}"#).unwrap().d, Duration::from_secs(3));
-        assert_eq!(parse(r#"{"d_ms": "3000", "s": 1, "a": ""}"#).unwrap().d, Duration::from_secs(3));
+        assert_eq!(
+            parse(r#"{"d_ms": 3000, "s": 1, "a": ""}"#).unwrap().d,
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            parse(r#"{"d_ms": "3000", "s": 1, "a": ""}"#).unwrap().d,
+            Duration::from_secs(3)
+        );
         assert!(parse(r#"{"d": "soon", "s": 1, "a": ""}"#).is_err());
         assert!(parse(r#"{"d": -1, "s": 1, "a": ""}"#).is_err());
     }
 
     #[test]
     fn sizes_are_bytes_or_units() {
-        assert_eq!(parse(r#"{"d": 1, "s": "64MiB", "a": ""}"#).unwrap().s, 64 << 20);
+        assert_eq!(
+            parse(r#"{"d": 1, "s": "64MiB", "a": ""}"#).unwrap().s,
+            64 << 20
+        );
         assert_eq!(parse(r#"{"d": 1, "s": 4096, "a": ""}"#).unwrap().s, 4096);
         assert!(parse(r#"{"d": 1, "s": "lots", "a": ""}"#).is_err());
     }

@@ -222,11 +222,7 @@ pub struct TopicSpec {
     /// The topic's name.
     pub name: String,
     /// Its age retention, instead of `topic_defaults.retention`.
-    #[serde(
-        default,
-        alias = "retention_ms",
-        deserialize_with = "rc::opt_duration"
-    )]
+    #[serde(default, alias = "retention_ms", deserialize_with = "rc::opt_duration")]
     pub retention: Option<Duration>,
     /// Its size retention, instead of `topic_defaults.retention_bytes`.
     #[serde(default, deserialize_with = "rc::opt_size")]
@@ -318,17 +314,26 @@ impl BrokerConfig {
         }
         let d = &self.delivery;
         let positive: [(&'static str, bool); 9] = [
-            ("storage.fsync_interval", self.storage.fsync_interval.is_zero()),
+            (
+                "storage.fsync_interval",
+                self.storage.fsync_interval.is_zero(),
+            ),
             (
                 "storage.retention_check_interval",
                 self.storage.retention_check_interval.is_zero(),
             ),
             ("delivery.ack_deadline", d.ack_deadline_ms == 0),
-            ("delivery.max_delivery_attempts", d.max_delivery_attempts == 0),
+            (
+                "delivery.max_delivery_attempts",
+                d.max_delivery_attempts == 0,
+            ),
             ("delivery.min_backoff", d.min_backoff_ms == 0),
             ("delivery.heartbeat_interval", d.heartbeat_interval_ms == 0),
             ("delivery.idle_timeout", d.idle_timeout_ms == 0),
-            ("delivery.lag_report_interval", d.lag_report_interval_ms == 0),
+            (
+                "delivery.lag_report_interval",
+                d.lag_report_interval_ms == 0,
+            ),
             ("delivery.commit_interval", d.commit_interval_ms == 0),
         ];
         for (key, zero) in positive {
@@ -337,7 +342,10 @@ impl BrokerConfig {
             }
         }
         if d.max_backoff_ms < d.min_backoff_ms {
-            return invalid("delivery.max_backoff", "must be at least delivery.min_backoff");
+            return invalid(
+                "delivery.max_backoff",
+                "must be at least delivery.min_backoff",
+            );
         }
         if d.idle_timeout_ms <= d.heartbeat_interval_ms {
             return invalid(

@@ -12,12 +12,7 @@ use tonic::{
     transport::{Server, server::TcpIncoming},
 };
 
-use crate::{
-    config::BrokerConfig,
-    error::Result,
-    service::BrokerService,
-    state::Broker,
-};
+use crate::{config::BrokerConfig, error::Result, service::BrokerService, state::Broker};
 
 /// Runs the broker on `listener` until `shutdown` resolves, then drains:
 /// stops taking work, answers and syncs the appends in flight, ends
@@ -36,7 +31,10 @@ pub async fn run(
     let storage = tokio::task::spawn_blocking(move || LocalStorage::open(&dir, log_cfg)).await??;
     let storage: Arc<dyn Storage> = Arc::new(storage);
     for t in &cfg.topics {
-        match storage.create_topic(&t.name, cfg.topic_spec_config(t)).await {
+        match storage
+            .create_topic(&t.name, cfg.topic_spec_config(t))
+            .await
+        {
             Ok(_) => tracing::info!(topic = %t.name, "created configured topic"),
             Err(LogError::TopicExists(_)) => {}
             Err(e) => return Err(e.into()),

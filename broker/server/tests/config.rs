@@ -60,8 +60,14 @@ fn values_that_do_not_parse_name_the_key() {
         ("log_format = \"xml\"\n", "log_format"),
         ("listen = \"nowhere\"\n", "listen"),
         ("metrics_listen = \"9090\"\n", "metrics_listen"),
-        ("[delivery]\nack_deadline = \"soon\"\n", "delivery.ack_deadline"),
-        ("[limits]\nmax_event_bytes = \"big\"\n", "limits.max_event_bytes"),
+        (
+            "[delivery]\nack_deadline = \"soon\"\n",
+            "delivery.ack_deadline",
+        ),
+        (
+            "[limits]\nmax_event_bytes = \"big\"\n",
+            "limits.max_event_bytes",
+        ),
     ] {
         let e = from_toml(text).unwrap_err().to_string();
         assert!(e.contains(key), "{text:?}: {e}");
@@ -85,4 +91,3 @@ fn values_that_do_not_fit_together_name_the_key() {
     let e = c.validate().unwrap_err().to_string();
     assert!(e.contains("storage.fsync_interval"), "{e}");
 }
-
