@@ -8,7 +8,7 @@
 //!   a number of bytes), optional addresses, [`config::LogFormat`].
 //! - [`grpc`]: grpc.health.v1 plus server reflection (v1 and v1alpha) for a
 //!   server, and the `healthcheck` client that probes one.
-//! - [`signal`]: SIGTERM/SIGINT.
+//! - [`signal`]: [`shutdown_signal`], which resolves on SIGTERM or SIGINT.
 //! - [`metrics`]: the process-wide Prometheus recorder and its HTTP
 //!   endpoint (the metric names stay with whoever records them).
 //! - [`backoff`]: exponential backoff, plain and with jitter.
