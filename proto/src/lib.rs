@@ -6,6 +6,8 @@
 //! - [`orders::v1`], [`billing::v1`], [`shipping::v1`], [`analytics::v1`]:
 //!   each demo service's own API and the domain events it publishes.
 //! - [`FILE_DESCRIPTOR_SET`]: all of the above, encoded, for gRPC reflection.
+//! - `Code` conversions: the in-stream [`broker::v1::Code`] to and from
+//!   `tonic::Code` (the same numbers).
 //! - [`DomainEvent`]: the `type` name and topic of each domain event.
 
 pub mod events {
@@ -41,6 +43,28 @@ pub mod shipping {
 pub mod analytics {
     pub mod v1 {
         tonic::include_proto!("mesh.analytics.v1");
+    }
+}
+
+/// The in-stream error code and tonic's status code are the same numbers
+/// (google.rpc.Code), so each converts to the other without loss.
+impl From<tonic::Code> for broker::v1::Code {
+    fn from(c: tonic::Code) -> Self {
+        broker::v1::Code::try_from(c as i32).unwrap_or(broker::v1::Code::Unknown)
+    }
+}
+
+impl From<broker::v1::Code> for tonic::Code {
+    fn from(c: broker::v1::Code) -> Self {
+        tonic::Code::from_i32(c as i32)
+    }
+}
+
+impl broker::v1::Error {
+    /// The code as a gRPC status code; a number this build does not know
+    /// is `Unknown`.
+    pub fn status_code(&self) -> tonic::Code {
+        tonic::Code::from_i32(self.code)
     }
 }
 

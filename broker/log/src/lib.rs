@@ -45,4 +45,4 @@ pub use offsets::CommitMode;
 pub use record::Record;
 pub use storage::{LocalStorage, Storage};
 pub use topic::{GroupPosition, PendingAppend, RetentionReport, TopicLog, TopicStats};
-pub use writer::{AppendRecord, Appended};
+pub use writer::{AppendRecord, Appended, now_us};

@@ -72,7 +72,8 @@ struct SyncJob {
     pending: Vec<Pending>,
 }
 
-pub(crate) fn now_us() -> i64 {
+/// Microseconds since the epoch: the clock record timestamps come from.
+pub fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)

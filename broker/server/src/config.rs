@@ -6,12 +6,16 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use mesh_log::{FsyncPolicy, LogConfig, TopicConfig};
+use mesh_runtime::config::{self as rc, LogFormat};
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("configuration: {0}")]
-    Load(#[from] config::ConfigError),
+    /// The file or the environment could not be read or does not parse
+    /// (unknown key, wrong type, bad value); names the key.
+    #[error(transparent)]
+    Load(#[from] mesh_runtime::RuntimeError),
+    /// The values parse but do not fit together; names the key.
     #[error("configuration key `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
 }
@@ -23,23 +27,54 @@ fn invalid<T>(key: &'static str, reason: impl Into<String>) -> Result<T, ConfigE
     })
 }
 
+/// How appends reach the disk before they are acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    /// Acknowledged only after fdatasync (shared by concurrent appends).
+    #[default]
+    Always,
+    /// Acknowledged once written to the OS, synced every `fsync_interval`.
+    Interval,
+}
+
+impl std::str::FromStr for Fsync {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(Fsync::Always),
+            "interval" => Ok(Fsync::Interval),
+            _ => Err(format!("{s:?} is not \"always\" or \"interval\"")),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
     /// Address the gRPC server binds.
-    pub listen: String,
-    /// Address of the Prometheus metrics endpoint (HTTP); empty disables it.
-    pub metrics_listen: String,
+    pub listen: SocketAddr,
+    /// Address of the Prometheus metrics endpoint (HTTP); `""` in the file
+    /// or environment disables it.
+    #[serde(deserialize_with = "rc::opt_addr")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Where topics, segments and group offsets live.
     pub data_dir: PathBuf,
     /// Create a topic on first publish or subscribe instead of NOT_FOUND.
     pub auto_create_topics: bool,
     /// After SIGTERM/SIGINT, how long in-flight work may take to finish.
-    pub drain_deadline_ms: u64,
-    /// "text" (default) or "json".
-    pub log_format: String,
+    #[serde(alias = "drain_deadline_ms", deserialize_with = "rc::duration")]
+    pub drain_deadline: Duration,
+    /// Lines for people or for log pipelines.
+    pub log_format: LogFormat,
+    /// How the log stores and syncs (`[storage]`).
     pub storage: StorageConfig,
+    /// What one request, stream or group may hold (`[limits]`).
     pub limits: LimitsConfig,
+    /// Acks, redelivery and liveness of subscribers (`[delivery]`).
     pub delivery: DeliveryConfig,
+    /// Retention of topics created without their own (`[topic_defaults]`).
     pub topic_defaults: TopicDefaults,
     /// Topics created at start if missing.
     pub topics: Vec<TopicSpec>,
@@ -48,28 +83,46 @@ pub struct BrokerConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// "always" or "interval".
-    pub fsync: String,
-    pub fsync_interval_ms: u64,
+    /// When an append counts as durable.
+    pub fsync: Fsync,
+    /// With `fsync = "interval"`, how often the log syncs.
+    #[serde(alias = "fsync_interval_ms", deserialize_with = "rc::duration")]
+    pub fsync_interval: Duration,
+    /// A segment is sealed past this size; retention deletes whole ones.
+    #[serde(deserialize_with = "rc::size")]
     pub segment_bytes: u64,
+    /// One sparse index entry per this many bytes of records.
+    #[serde(deserialize_with = "rc::size")]
     pub index_interval_bytes: u64,
-    pub dedupe_window_ms: u64,
+    /// A producer id seen again within this window is a duplicate.
+    #[serde(alias = "dedupe_window_ms", deserialize_with = "rc::duration")]
+    pub dedupe_window: Duration,
+    /// Ids remembered per topic, so unique ids cannot exhaust memory.
     pub dedupe_max_ids: usize,
-    pub retention_check_interval_ms: u64,
+    /// How often retention runs.
+    #[serde(
+        alias = "retention_check_interval_ms",
+        deserialize_with = "rc::duration"
+    )]
+    pub retention_check_interval: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Largest encoded event accepted.
+    #[serde(deserialize_with = "rc::size")]
     pub max_event_bytes: usize,
     /// Most events in one publish request.
     pub max_batch_events: usize,
     /// Largest gRPC message, in either direction.
+    #[serde(deserialize_with = "rc::size")]
     pub max_message_bytes: usize,
     /// Publish requests one stream may have in flight.
     pub max_publish_in_flight: usize,
+    /// Open Subscribe streams.
     pub max_subscribers: usize,
+    /// Open Publish streams.
     pub max_publishers: usize,
     /// The largest `max_in_flight` (credit) a subscriber may ask for.
     pub max_credit: u32,
@@ -78,58 +131,115 @@ pub struct LimitsConfig {
     /// Payload bytes a group holds in memory ahead of its acks: with
     /// `group_window`, whichever is reached first stops the read-ahead, so
     /// large events cannot multiply a window counted in events.
+    #[serde(deserialize_with = "rc::size")]
     pub group_window_bytes: usize,
     /// Bytes of responses one Subscribe stream may have queued in the broker
     /// while its client does not read; past that its session pauses.
+    #[serde(deserialize_with = "rc::size")]
     pub subscriber_buffer_bytes: usize,
     /// Bytes of responses queued for all subscribers together. Past it the
     /// slow streams stay paused and new subscriptions get
     /// RESOURCE_EXHAUSTED, so readers that stall cannot exhaust memory.
+    #[serde(deserialize_with = "rc::size")]
     pub max_buffered_bytes: usize,
 }
 
+/// The keys are durations (`ack_deadline = "30s"`; the old `*_ms` keys
+/// are aliases). The fields hold whole milliseconds, the unit the
+/// dispatcher and the subscribe sessions compute with.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeliveryConfig {
+    /// An event not acked within this time is redelivered.
+    #[serde(
+        rename = "ack_deadline",
+        alias = "ack_deadline_ms",
+        deserialize_with = "rc::duration_ms"
+    )]
     pub ack_deadline_ms: u64,
+    /// Deliveries of one event before it is dead-lettered.
     pub max_delivery_attempts: u32,
+    /// The first redelivery delay, doubled per attempt.
+    #[serde(
+        rename = "min_backoff",
+        alias = "min_backoff_ms",
+        deserialize_with = "rc::duration_ms"
+    )]
     pub min_backoff_ms: u64,
+    /// The cap of the redelivery delay.
+    #[serde(
+        rename = "max_backoff",
+        alias = "max_backoff_ms",
+        deserialize_with = "rc::duration_ms"
+    )]
     pub max_backoff_ms: u64,
+    /// How often every stream gets a heartbeat (and HTTP/2 keepalive).
+    #[serde(
+        rename = "heartbeat_interval",
+        alias = "heartbeat_interval_ms",
+        deserialize_with = "rc::duration_ms"
+    )]
     pub heartbeat_interval_ms: u64,
     /// A subscriber that sends nothing for this long is disconnected and
     /// its in-flight events go back to the group.
+    #[serde(
+        rename = "idle_timeout",
+        alias = "idle_timeout_ms",
+        deserialize_with = "rc::duration_ms"
+    )]
     pub idle_timeout_ms: u64,
+    /// How often each subscriber is told its group's lag.
+    #[serde(
+        rename = "lag_report_interval",
+        alias = "lag_report_interval_ms",
+        deserialize_with = "rc::duration_ms"
+    )]
     pub lag_report_interval_ms: u64,
+    /// How often a group's moved position is written to disk.
+    #[serde(
+        rename = "commit_interval",
+        alias = "commit_interval_ms",
+        deserialize_with = "rc::duration_ms"
+    )]
     pub commit_interval_ms: u64,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TopicDefaults {
-    /// 0 means keep forever (unless the size cap applies).
-    pub retention_ms: u64,
+    /// Age after which segments go; 0 means keep forever (unless the size
+    /// cap applies).
+    #[serde(alias = "retention_ms", deserialize_with = "rc::duration")]
+    pub retention: Duration,
     /// 0 means no size cap.
+    #[serde(deserialize_with = "rc::size")]
     pub retention_bytes: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicSpec {
+    /// The topic's name.
     pub name: String,
-    pub retention_ms: Option<u64>,
+    /// Its age retention, instead of `topic_defaults.retention`.
+    #[serde(default, alias = "retention_ms", deserialize_with = "rc::opt_duration")]
+    pub retention: Option<Duration>,
+    /// Its size retention, instead of `topic_defaults.retention_bytes`.
+    #[serde(default, deserialize_with = "rc::opt_size")]
     pub retention_bytes: Option<u64>,
+    /// Its deliveries before dead-lettering, instead of the broker's.
     pub max_delivery_attempts: Option<u32>,
 }
 
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
-            listen: "127.0.0.1:50051".into(),
-            metrics_listen: "127.0.0.1:9090".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
             data_dir: "./data".into(),
             auto_create_topics: false,
-            drain_deadline_ms: 10_000,
-            log_format: "text".into(),
+            drain_deadline: Duration::from_secs(10),
+            log_format: LogFormat::Text,
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
             delivery: DeliveryConfig::default(),
@@ -143,13 +253,13 @@ impl Default for StorageConfig {
     fn default() -> Self {
         let l = LogConfig::default();
         StorageConfig {
-            fsync: "always".into(),
-            fsync_interval_ms: 100,
+            fsync: Fsync::Always,
+            fsync_interval: Duration::from_millis(100),
             segment_bytes: l.segment_bytes,
             index_interval_bytes: l.index_interval_bytes,
-            dedupe_window_ms: l.dedupe_window.as_millis() as u64,
+            dedupe_window: l.dedupe_window,
             dedupe_max_ids: l.dedupe_max_ids,
-            retention_check_interval_ms: 60_000,
+            retention_check_interval: Duration::from_secs(60),
         }
     }
 }
@@ -191,90 +301,56 @@ impl BrokerConfig {
     /// Loads defaults, then the file (required only if `path` is given),
     /// then `BROKER__*` environment variables, and validates the result.
     pub fn load(path: Option<&std::path::Path>) -> Result<Self, ConfigError> {
-        let mut b = config::Config::builder();
-        b = match path {
-            Some(p) => b.add_source(config::File::from(p).required(true)),
-            None => b.add_source(config::File::with_name("broker.toml").required(false)),
-        };
-        let cfg: BrokerConfig = b
-            .add_source(
-                config::Environment::with_prefix("BROKER")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true),
-            )
-            .build()?
-            .try_deserialize()?;
+        let cfg: BrokerConfig = rc::load("BROKER", path, "broker.toml", &[])?;
         cfg.validate()?;
         Ok(cfg)
     }
 
+    /// Checks ranges and how the fields relate; parsing (addresses, enums,
+    /// durations, sizes) already happened while loading.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.listen.parse::<SocketAddr>().is_err() {
-            return invalid(
-                "listen",
-                format!("{:?} is not an address like 0.0.0.0:50051", self.listen),
-            );
-        }
-        if !self.metrics_listen.is_empty() && self.metrics_listen.parse::<SocketAddr>().is_err() {
-            return invalid(
-                "metrics_listen",
-                format!(
-                    "{:?} is not an address like 0.0.0.0:9090 (or \"\" to disable metrics)",
-                    self.metrics_listen
-                ),
-            );
-        }
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data_dir", "must not be empty");
         }
-        if !matches!(self.log_format.as_str(), "text" | "json") {
-            return invalid("log_format", "must be \"text\" or \"json\"");
-        }
-        if !matches!(self.storage.fsync.as_str(), "always" | "interval") {
-            return invalid("storage.fsync", "must be \"always\" or \"interval\"");
-        }
-        let positive: [(&'static str, u64); 9] = [
-            ("storage.fsync_interval_ms", self.storage.fsync_interval_ms),
+        let d = &self.delivery;
+        let positive: [(&'static str, bool); 9] = [
             (
-                "storage.retention_check_interval_ms",
-                self.storage.retention_check_interval_ms,
+                "storage.fsync_interval",
+                self.storage.fsync_interval.is_zero(),
             ),
-            ("delivery.ack_deadline_ms", self.delivery.ack_deadline_ms),
+            (
+                "storage.retention_check_interval",
+                self.storage.retention_check_interval.is_zero(),
+            ),
+            ("delivery.ack_deadline", d.ack_deadline_ms == 0),
             (
                 "delivery.max_delivery_attempts",
-                self.delivery.max_delivery_attempts as u64,
+                d.max_delivery_attempts == 0,
             ),
-            ("delivery.min_backoff_ms", self.delivery.min_backoff_ms),
+            ("delivery.min_backoff", d.min_backoff_ms == 0),
+            ("delivery.heartbeat_interval", d.heartbeat_interval_ms == 0),
+            ("delivery.idle_timeout", d.idle_timeout_ms == 0),
             (
-                "delivery.heartbeat_interval_ms",
-                self.delivery.heartbeat_interval_ms,
+                "delivery.lag_report_interval",
+                d.lag_report_interval_ms == 0,
             ),
-            ("delivery.idle_timeout_ms", self.delivery.idle_timeout_ms),
-            (
-                "delivery.lag_report_interval_ms",
-                self.delivery.lag_report_interval_ms,
-            ),
-            (
-                "delivery.commit_interval_ms",
-                self.delivery.commit_interval_ms,
-            ),
+            ("delivery.commit_interval", d.commit_interval_ms == 0),
         ];
-        for (key, v) in positive {
-            if v == 0 {
+        for (key, zero) in positive {
+            if zero {
                 return invalid(key, "must be greater than 0");
             }
         }
-        if self.delivery.max_backoff_ms < self.delivery.min_backoff_ms {
+        if d.max_backoff_ms < d.min_backoff_ms {
             return invalid(
-                "delivery.max_backoff_ms",
-                "must be at least delivery.min_backoff_ms",
+                "delivery.max_backoff",
+                "must be at least delivery.min_backoff",
             );
         }
-        if self.delivery.idle_timeout_ms <= self.delivery.heartbeat_interval_ms {
+        if d.idle_timeout_ms <= d.heartbeat_interval_ms {
             return invalid(
-                "delivery.idle_timeout_ms",
-                "must be longer than delivery.heartbeat_interval_ms",
+                "delivery.idle_timeout",
+                "must be longer than delivery.heartbeat_interval",
             );
         }
         let l = &self.limits;
@@ -332,21 +408,22 @@ impl BrokerConfig {
     pub fn log_config(&self) -> LogConfig {
         let s = &self.storage;
         LogConfig {
-            fsync: match s.fsync.as_str() {
-                "interval" => FsyncPolicy::Interval(Duration::from_millis(s.fsync_interval_ms)),
-                _ => FsyncPolicy::Always,
+            fsync: match s.fsync {
+                Fsync::Interval => FsyncPolicy::Interval(s.fsync_interval),
+                Fsync::Always => FsyncPolicy::Always,
             },
             segment_bytes: s.segment_bytes,
             index_interval_bytes: s.index_interval_bytes,
             max_record_bytes: self.limits.max_event_bytes,
-            dedupe_window: Duration::from_millis(s.dedupe_window_ms),
+            dedupe_window: s.dedupe_window,
             dedupe_max_ids: s.dedupe_max_ids,
             max_batch_bytes: (4 << 20).max(self.limits.max_event_bytes),
             ..LogConfig::default()
         }
     }
 
-    /// The topic settings for a topic created without explicit ones.
+    /// The topic settings for a topic created with the given ones (`None`
+    /// takes the default; 0 means unlimited).
     pub fn topic_config(
         &self,
         retention_ms: Option<u64>,
@@ -354,73 +431,21 @@ impl BrokerConfig {
         attempts: Option<u32>,
     ) -> TopicConfig {
         let nz = |v: u64| (v > 0).then_some(v);
+        let default_ms = self.topic_defaults.retention.as_millis() as u64;
         TopicConfig {
-            retention_ms: retention_ms.map_or(nz(self.topic_defaults.retention_ms), nz),
+            retention_ms: retention_ms.map_or(nz(default_ms), nz),
             retention_bytes: retention_bytes.map_or(nz(self.topic_defaults.retention_bytes), nz),
             max_delivery_attempts: attempts,
         }
     }
 
+    /// The settings of a `[[topics]]` entry, as [`Self::topic_config`].
+    pub fn topic_spec_config(&self, t: &TopicSpec) -> TopicConfig {
+        let ms = t.retention.map(|d| d.as_millis() as u64);
+        self.topic_config(ms, t.retention_bytes, t.max_delivery_attempts)
+    }
+
     pub fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_commented_config_file_parses_and_matches_the_code_defaults() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../broker.toml");
-        let file: BrokerConfig = config::Config::builder()
-            .add_source(config::File::from(path))
-            .build()
-            .unwrap()
-            .try_deserialize()
-            .unwrap();
-        file.validate().unwrap();
-        let d = BrokerConfig::default();
-        assert_eq!(format!("{file:?}"), format!("{d:?}"));
-    }
-
-    #[test]
-    fn errors_name_the_key() {
-        let mut c = BrokerConfig::default();
-        c.storage.fsync = "sometimes".into();
-        assert!(
-            c.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("storage.fsync")
-        );
-        let mut c = BrokerConfig::default();
-        c.delivery.ack_deadline_ms = 0;
-        assert!(
-            c.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("delivery.ack_deadline_ms")
-        );
-        let c = BrokerConfig {
-            listen: "nowhere".into(),
-            ..BrokerConfig::default()
-        };
-        assert!(c.validate().unwrap_err().to_string().contains("listen"));
-        let c = BrokerConfig {
-            metrics_listen: "9090".into(),
-            ..BrokerConfig::default()
-        };
-        assert!(
-            c.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("metrics_listen")
-        );
-        let c = BrokerConfig {
-            metrics_listen: String::new(),
-            ..BrokerConfig::default()
-        };
-        c.validate().unwrap();
     }
 }

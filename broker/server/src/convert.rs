@@ -1,4 +1,7 @@
-//! Conversions between the log's records and the API's messages.
+//! Conversions between the log's records and the API's messages. The
+//! time conversions are `mesh_runtime::time`'s and the clock is the log's
+//! (`mesh_log::now_us`, the clock record timestamps come from), re-exported
+//! here for the handlers.
 
 use std::time::Duration;
 
@@ -8,36 +11,14 @@ use prost::Message;
 
 use crate::error::{BrokerError, Result};
 
-pub fn timestamp(us: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: us.div_euclid(1_000_000),
-        nanos: (us.rem_euclid(1_000_000) * 1000) as i32,
-    }
-}
-
-pub fn micros(ts: &prost_types::Timestamp) -> i64 {
-    ts.seconds
-        .saturating_mul(1_000_000)
-        .saturating_add(ts.nanos as i64 / 1000)
-}
-
-pub fn duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
+pub use mesh_log::now_us;
+pub use mesh_runtime::time::{duration, micros, timestamp};
 
 /// A protobuf duration as a std one; negative or malformed is an error
 /// naming `field`.
 pub fn std_duration(d: &prost_types::Duration, field: &str) -> Result<Duration> {
-    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
-        return Err(BrokerError::invalid(
-            field,
-            "must be a non-negative duration",
-        ));
-    }
-    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+    mesh_runtime::time::std_duration(d)
+        .ok_or_else(|| BrokerError::invalid(field, "must be a non-negative duration"))
 }
 
 /// Decodes a stored record back into the event the API delivers.
@@ -55,23 +36,4 @@ pub fn stored_event(topic: &str, r: &Record) -> Result<StoredEvent> {
         publish_time: Some(timestamp(r.timestamp_us)),
         event: Some(event),
     })
-}
-
-pub fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_round_trip_including_before_the_epoch() {
-        for us in [0, 1, 1_700_000_000_123_456, -1, -1_500_000] {
-            assert_eq!(micros(&timestamp(us)), us);
-        }
-    }
 }

@@ -51,6 +51,15 @@ pub enum BrokerError {
 
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+
+    /// Setting up what every server shares (health, reflection, metrics).
+    #[error(transparent)]
+    Runtime(#[from] mesh_runtime::RuntimeError),
+
+    /// A background task (a `spawn_blocking` storage call) panicked or was
+    /// cancelled before it answered.
+    #[error("background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl BrokerError {
@@ -71,9 +80,11 @@ impl BrokerError {
             BrokerError::ShuttingDown | BrokerError::GroupStopped => Code::Unavailable,
             BrokerError::IdleTimeout { .. } => Code::DeadlineExceeded,
             BrokerError::AlreadyOpen => Code::FailedPrecondition,
-            BrokerError::Config(_) | BrokerError::Transport(_) | BrokerError::Io(_) => {
-                Code::Internal
-            }
+            BrokerError::Config(_)
+            | BrokerError::Transport(_)
+            | BrokerError::Io(_)
+            | BrokerError::Runtime(_)
+            | BrokerError::Task(_) => Code::Internal,
         }
     }
 }
@@ -105,26 +116,8 @@ impl From<BrokerError> for Status {
 /// The in-stream error message for an error that must not end the stream.
 pub fn to_proto(e: &BrokerError) -> mesh_proto::broker::v1::Error {
     mesh_proto::broker::v1::Error {
-        code: format!("{:?}", e.code()).to_uppercase_snake(),
+        code: mesh_proto::broker::v1::Code::from(e.code()).into(),
         message: e.to_string(),
-    }
-}
-
-trait SnakeUpper {
-    fn to_uppercase_snake(&self) -> String;
-}
-
-impl SnakeUpper for String {
-    /// `InvalidArgument` → `INVALID_ARGUMENT`, the canonical status name.
-    fn to_uppercase_snake(&self) -> String {
-        let mut out = String::with_capacity(self.len() + 4);
-        for (i, c) in self.chars().enumerate() {
-            if c.is_uppercase() && i > 0 {
-                out.push('_');
-            }
-            out.push(c.to_ascii_uppercase());
-        }
-        out
     }
 }
 

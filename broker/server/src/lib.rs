@@ -1,8 +1,8 @@
 //! The mesh's event broker, as a library; `main.rs` only parses config and
 //! calls [`run`].
 //!
-//! - [`server`]: [`run`]: storage, gRPC server (health, reflection v1 and
-//!   v1alpha), retention, graceful drain; SIGTERM/SIGINT handling.
+//! - [`server`]: [`run`]: storage, gRPC server (with `mesh_runtime`'s
+//!   health and reflection), retention, graceful drain.
 //! - [`service`]: the gRPC edge (generated `Broker` trait).
 //! - [`publish`]: the Publish stream and PublishUnary.
 //! - [`subscribe`]: Subscribe sessions: group members and ephemeral tails.
@@ -17,9 +17,9 @@
 //! - [`admin`]: topic, group and dead-letter administration.
 //! - [`state`]: what all handlers share.
 //! - [`config`]: `broker.toml` plus `BROKER__*` environment overrides.
-//! - [`metrics`]: Prometheus metrics: names, the HTTP endpoint
-//!   (`metrics_listen`), connection and group gauges.
-//! - [`convert`]: timestamps and record-to-event conversion.
+//! - [`metrics`]: Prometheus metrics: names, descriptions, connection and
+//!   group gauges (the endpoint is `mesh_runtime::metrics`).
+//! - [`convert`]: record-to-event conversion (and the shared time helpers).
 //! - [`error`]: [`BrokerError`] and its mapping to gRPC status codes.
 
 pub mod admin;
@@ -39,4 +39,4 @@ pub mod subscribe;
 
 pub use config::BrokerConfig;
 pub use error::BrokerError;
-pub use server::{run, shutdown_signal};
+pub use server::run;

@@ -1,31 +1,21 @@
-//! Prometheus metrics: the metric names, the process-wide recorder with its
-//! HTTP endpoint (`metrics_listen`, served by `metrics-exporter-prometheus`),
-//! and the gauges refreshed on a timer (bytes on disk, lag of groups that
-//! have no running dispatcher).
+//! Prometheus metrics: the metric names and descriptions, and the gauges
+//! refreshed on a timer (bytes on disk, lag of groups that have no running
+//! dispatcher). The recorder and its HTTP endpoint (`metrics_listen`) are
+//! `mesh_runtime::metrics`.
 //!
 //! Everything is recorded through the `metrics` facade, which is a no-op
 //! until a recorder is installed, so a broker with `metrics_listen = ""`
 //! pays next to nothing. The README's "Metrics" section lists every metric.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use mesh_log::Storage;
 use metrics::{
     Counter, Gauge, Unit, counter, describe_counter, describe_gauge, describe_histogram,
 };
-use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio::sync::watch;
 
-use crate::{
-    config::{BrokerConfig, ConfigError},
-    convert,
-    error::{BrokerError, Result},
-    state::Broker,
-};
+use crate::{config::BrokerConfig, convert, error::Result, state::Broker};
 
 pub const PUBLISHED: &str = "mesh_broker_events_published_total";
 pub const DUPLICATES: &str = "mesh_broker_events_duplicate_total";
@@ -64,54 +54,16 @@ pub const ALL: [&str; 16] = [
     BUFFERED,
 ];
 
-/// Histogram buckets (seconds) for append and fsync latency: 100 µs to 10 s.
-pub const LATENCY_BUCKETS: [f64; 16] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
-];
-
-/// The endpoint this process serves, once one is installed.
-static INSTALLED: Mutex<Option<SocketAddr>> = Mutex::new(None);
-
-fn listen_err(listen: &str, reason: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Config(ConfigError::Invalid {
-        key: "metrics_listen",
-        reason: format!("cannot serve metrics on {listen}: {reason}"),
-    })
-}
-
-/// Installs the process-wide Prometheus recorder and serves it on
-/// `listen` (`GET /metrics`, or any path). Empty `listen` does nothing.
-/// The recorder is global, so a second broker in the same process (tests)
-/// records into the endpoint of the first one.
-pub fn install(listen: &str) -> Result<()> {
-    if listen.is_empty() {
-        return Ok(());
+/// Installs the process-wide Prometheus recorder and its endpoint on
+/// `listen` (`None` does nothing; see `mesh_runtime::metrics::install`),
+/// then describes the broker's metrics.
+pub fn install(listen: Option<SocketAddr>) -> Result<()> {
+    if mesh_runtime::metrics::install(listen)? {
+        describe();
+        // Present from the start, not only after the first connection.
+        metrics::gauge!(PUBLISHERS).set(0.0);
+        metrics::gauge!(SUBSCRIBERS).set(0.0);
     }
-    let addr: SocketAddr = listen.parse().map_err(|e| listen_err(listen, e))?;
-    let mut installed = INSTALLED.lock().expect("metrics lock");
-    if let Some(running) = *installed {
-        tracing::warn!(%running, requested = %addr, "metrics are already served by this process; recording there");
-        return Ok(());
-    }
-    let (recorder, exporter) = PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets(&LATENCY_BUCKETS)
-        .map_err(|e| listen_err(listen, e))?
-        .build()
-        .map_err(|e| listen_err(listen, e))?;
-    metrics::set_global_recorder(recorder).map_err(|e| listen_err(listen, e))?;
-    tokio::spawn(async move {
-        if let Err(e) = exporter.await {
-            tracing::error!(error = ?e, "the metrics endpoint stopped");
-        }
-    });
-    *installed = Some(addr);
-    describe();
-    // Present from the start, not only after the first connection.
-    metrics::gauge!(PUBLISHERS).set(0.0);
-    metrics::gauge!(SUBSCRIBERS).set(0.0);
-    tracing::info!(%addr, "serving Prometheus metrics");
     Ok(())
 }
 
@@ -269,7 +221,7 @@ pub async fn age_at(storage: &dyn Storage, topic: &str, offset: u64) -> Duration
     }
 }
 
-/// Every `delivery.lag_report_interval_ms` until shutdown: bytes on disk
+/// Every `delivery.lag_report_interval` until shutdown: bytes on disk
 /// per topic, and lag of the groups no dispatcher is running for (after a
 /// restart, before their first member joins; running dispatchers set their
 /// own on the same timer).

@@ -1,24 +1,23 @@
 //! Starting and stopping the broker: open storage, serve gRPC (with health
-//! and reflection), enforce retention, and drain on shutdown.
+//! and reflection, from `mesh_runtime::grpc`), enforce retention, and drain
+//! on shutdown.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use mesh_log::{LocalStorage, LogError, Storage};
 use mesh_proto::broker::v1::broker_server::BrokerServer;
 use tokio::{net::TcpListener, sync::watch};
-use tonic::transport::{Server, server::TcpIncoming};
-
-use crate::{
-    config::BrokerConfig,
-    error::{BrokerError, Result},
-    service::BrokerService,
-    state::Broker,
+use tonic::{
+    service::Routes,
+    transport::{Server, server::TcpIncoming},
 };
+
+use crate::{config::BrokerConfig, error::Result, service::BrokerService, state::Broker};
 
 /// Runs the broker on `listener` until `shutdown` resolves, then drains:
 /// stops taking work, answers and syncs the appends in flight, ends
 /// subscriber streams with UNAVAILABLE (clients reconnect), commits group
-/// positions and closes the log, all within `drain_deadline_ms`.
+/// positions and closes the log, all within `drain_deadline`.
 pub async fn run(
     cfg: BrokerConfig,
     listener: TcpListener,
@@ -26,16 +25,16 @@ pub async fn run(
 ) -> Result<()> {
     cfg.validate()?;
     // Before the storage opens, so its fsyncs are measured from the start.
-    crate::metrics::install(&cfg.metrics_listen)?;
+    crate::metrics::install(cfg.metrics_listen)?;
     let cfg = Arc::new(cfg);
     let (dir, log_cfg) = (cfg.data_dir.clone(), cfg.log_config());
-    let storage = tokio::task::spawn_blocking(move || LocalStorage::open(&dir, log_cfg))
-        .await
-        .map_err(|e| BrokerError::Io(std::io::Error::other(e)))??;
+    let storage = tokio::task::spawn_blocking(move || LocalStorage::open(&dir, log_cfg)).await??;
     let storage: Arc<dyn Storage> = Arc::new(storage);
     for t in &cfg.topics {
-        let tc = cfg.topic_config(t.retention_ms, t.retention_bytes, t.max_delivery_attempts);
-        match storage.create_topic(&t.name, tc).await {
+        match storage
+            .create_topic(&t.name, cfg.topic_spec_config(t))
+            .await
+        {
             Ok(_) => tracing::info!(topic = %t.name, "created configured topic"),
             Err(LogError::TopicExists(_)) => {}
             Err(e) => return Err(e.into()),
@@ -49,31 +48,21 @@ pub async fn run(
         cfg.clone(),
         stop_rx.clone(),
     ));
-    let metrics_refresh = (!cfg.metrics_listen.is_empty()).then(|| {
+    let metrics_refresh = cfg.metrics_listen.is_some().then(|| {
         tokio::spawn(crate::metrics::refresh_loop(
             broker.clone(),
             stop_rx.clone(),
         ))
     });
 
-    let (health, health_svc) = tonic_health::server::health_reporter();
-    health.set_serving::<BrokerServer<BrokerService>>().await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(mesh_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| BrokerError::Io(std::io::Error::other(e)))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(mesh_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| BrokerError::Io(std::io::Error::other(e)))?;
     let max_msg = cfg.limits.max_message_bytes;
     let svc = BrokerServer::new(BrokerService {
         broker: broker.clone(),
     })
     .max_decoding_message_size(max_msg)
     .max_encoding_message_size(max_msg);
+    let (routes, health) = mesh_runtime::grpc::with_health_and_reflection(Routes::new(svc))?;
+    health.set_serving::<BrokerServer<BrokerService>>().await;
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "broker listening");
@@ -109,13 +98,10 @@ pub async fn run(
         // Detects half-open connections below the gRPC streams as well.
         .http2_keepalive_interval(Some(heartbeat))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(health_svc)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(svc)
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, signal);
 
-    let drain = BrokerConfig::ms(cfg.drain_deadline_ms);
+    let drain = cfg.drain_deadline;
     let mut stopped = stop_rx.clone();
     let deadline = async move {
         let _ = stopped.wait_for(|s| *s).await;
@@ -148,7 +134,7 @@ async fn retention_loop(
     cfg: Arc<BrokerConfig>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let every = BrokerConfig::ms(cfg.storage.retention_check_interval_ms);
+    let every = cfg.storage.retention_check_interval;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -157,28 +143,5 @@ async fn retention_loop(
         if let Err(e) = storage.enforce_retention().await {
             tracing::error!(error = %e, "retention failed");
         }
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
     }
 }

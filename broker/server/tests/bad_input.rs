@@ -45,8 +45,8 @@ fn assert_status(s: &Status, code: Code, field: &str) {
 
 /// The same for an in-stream `Error` message.
 #[track_caller]
-fn assert_error(e: &pb::Error, code: &str, field: &str) {
-    assert_eq!(e.code, code, "code of {e:?}");
+fn assert_error(e: &pb::Error, code: pb::Code, field: &str) {
+    assert_eq!(e.code(), code, "code of {e:?}");
     assert!(
         e.message.starts_with(&format!("{field}:")),
         "message of {e:?} should name `{field}`"
@@ -171,25 +171,37 @@ async fn publish_stream_reports_bad_requests_in_stream_and_goes_on() {
     let cases = [
         (
             req(1, "bad/topic", vec![ok("a")]),
-            "INVALID_ARGUMENT",
+            pb::Code::InvalidArgument,
             "topic",
         ),
-        (req(2, "", vec![ok("a")]), "INVALID_ARGUMENT", "topic"),
-        (req(3, "no-such-topic", vec![ok("a")]), "NOT_FOUND", "topic"),
+        (
+            req(2, "", vec![ok("a")]),
+            pb::Code::InvalidArgument,
+            "topic",
+        ),
+        (
+            req(3, "no-such-topic", vec![ok("a")]),
+            pb::Code::NotFound,
+            "topic",
+        ),
         (
             req(4, "orders", vec![ok("a"), big.clone()]),
-            "INVALID_ARGUMENT",
+            pb::Code::InvalidArgument,
             "events[1]",
         ),
-        (req(5, "orders", vec![]), "INVALID_ARGUMENT", "events"),
+        (
+            req(5, "orders", vec![]),
+            pb::Code::InvalidArgument,
+            "events",
+        ),
         (
             req(6, "orders", vec![ok("a"), ok("b"), ok("c"), ok("d")]),
-            "INVALID_ARGUMENT",
+            pb::Code::InvalidArgument,
             "events",
         ),
         (
             req(7, "orders", vec![ok("a"), ok("b"), no_id.clone()]),
-            "INVALID_ARGUMENT",
+            pb::Code::InvalidArgument,
             "events[2].id",
         ),
     ];
@@ -239,7 +251,11 @@ async fn publish_stream_reports_bad_requests_in_stream_and_goes_on() {
     assert_eq!(answers.len(), 60);
     for (seq, a) in &answers {
         if seq % 3 == 0 {
-            assert_error(a.error.as_ref().unwrap(), "INVALID_ARGUMENT", "events[0]");
+            assert_error(
+                a.error.as_ref().unwrap(),
+                pb::Code::InvalidArgument,
+                "events[0]",
+            );
         } else {
             assert!(a.error.is_none(), "{a:?}");
         }
@@ -312,7 +328,11 @@ async fn unknown_topics_are_created_only_when_auto_create_is_on() {
     assert_eq!(sub.opened.topic, "auto-sub");
     // A bad name is still refused, not created.
     let e = s.call(req(2, "bad/name", vec![event("c", "k", "3")])).await;
-    assert_error(e.error.as_ref().unwrap(), "INVALID_ARGUMENT", "topic");
+    assert_error(
+        e.error.as_ref().unwrap(),
+        pb::Code::InvalidArgument,
+        "topic",
+    );
     for t in ["auto-unary", "auto-stream", "auto-sub"] {
         let info = c
             .describe_topic(pb::DescribeTopicRequest { name: t.into() })
@@ -582,17 +602,17 @@ async fn bad_acks_get_in_stream_errors_and_harm_no_other_member() {
     // Never delivered.
     a.tx.send(ack_req(vec![99])).await.unwrap();
     let e = next_error(&mut a).await;
-    assert_eq!(e.code, "FAILED_PRECONDITION", "{e:?}");
+    assert_eq!(e.code(), pb::Code::FailedPrecondition, "{e:?}");
     assert!(e.message.contains("offset 99"), "{e:?}");
     // Delivered, but to the other member.
     a.tx.send(ack_req(vec![1])).await.unwrap();
     let e = next_error(&mut a).await;
-    assert_eq!(e.code, "FAILED_PRECONDITION", "{e:?}");
+    assert_eq!(e.code(), pb::Code::FailedPrecondition, "{e:?}");
     assert!(e.message.contains("offset 1"), "{e:?}");
     // Nack of an offset not held: the same.
     a.nack(vec![1], Duration::ZERO, "not mine").await;
     let e = next_error(&mut a).await;
-    assert_eq!(e.code, "FAILED_PRECONDITION", "{e:?}");
+    assert_eq!(e.code(), pb::Code::FailedPrecondition, "{e:?}");
     // A nack of its own delivery with a negative delay is refused as a
     // whole: in-stream, naming the field, and the delivery stays held.
     a.tx.send(pb::SubscribeRequest {
@@ -607,12 +627,20 @@ async fn bad_acks_get_in_stream_errors_and_harm_no_other_member() {
     })
     .await
     .unwrap();
-    assert_error(&next_error(&mut a).await, "INVALID_ARGUMENT", "nack.delay");
+    assert_error(
+        &next_error(&mut a).await,
+        pb::Code::InvalidArgument,
+        "nack.delay",
+    );
     // So is a request with nothing in it.
     a.tx.send(pb::SubscribeRequest { request: None })
         .await
         .unwrap();
-    assert_error(&next_error(&mut a).await, "INVALID_ARGUMENT", "request");
+    assert_error(
+        &next_error(&mut a).await,
+        pb::Code::InvalidArgument,
+        "request",
+    );
 
     // Both streams go on: each acks its own, and the group commits both.
     b2.ack(vec![1]).await;
@@ -853,15 +881,31 @@ fn bad_configuration_stops_the_binary_with_status_2_naming_the_key() {
     let d = dir.path();
     let env_cases: &[(&str, &str, &str)] = &[
         ("BROKER__STORAGE__FSYNC", "sometimes", "storage.fsync"),
+        // The old `_ms` spelling is still read (as milliseconds).
         (
             "BROKER__DELIVERY__ACK_DEADLINE_MS",
             "0",
-            "delivery.ack_deadline_ms",
+            "delivery.ack_deadline",
         ),
         (
             "BROKER__DELIVERY__ACK_DEADLINE_MS",
             "soon",
             "delivery.ack_deadline_ms",
+        ),
+        (
+            "BROKER__DELIVERY__ACK_DEADLINE",
+            "0s",
+            "delivery.ack_deadline",
+        ),
+        (
+            "BROKER__DELIVERY__ACK_DEADLINE",
+            "soon",
+            "delivery.ack_deadline",
+        ),
+        (
+            "BROKER__LIMITS__MAX_EVENT_BYTES",
+            "huge",
+            "limits.max_event_bytes",
         ),
         ("BROKER__LIMITS__MAX_CREDIT", "-1", "limits.max_credit"),
         ("BROKER__LISTEN", "nowhere", "listen"),
@@ -874,7 +918,7 @@ fn bad_configuration_stops_the_binary_with_status_2_naming_the_key() {
     }
     let toml_cases: &[(&str, &str)] = &[
         ("bogus_key = 1\n", "bogus_key"),
-        ("[delivery]\nack_deadline = 5\n", "ack_deadline"),
+        ("[delivery]\nack_deadline_secs = 5\n", "ack_deadline_secs"),
         ("[storage]\nfsync = \"sometimes\"\n", "storage.fsync"),
         ("[limits]\nmax_credit = 0\n", "limits.max_credit"),
     ];
@@ -888,7 +932,7 @@ fn bad_configuration_stops_the_binary_with_status_2_naming_the_key() {
     }
     // A nested unknown key names its section too.
     let path = d.join("nested.toml");
-    std::fs::write(&path, "[delivery]\nack_deadline = 5\n").unwrap();
+    std::fs::write(&path, "[delivery]\nack_deadline_secs = 5\n").unwrap();
     let e = broker::BrokerConfig::load(Some(&path)).unwrap_err();
     assert!(e.to_string().contains("delivery"), "{e}");
 }

@@ -333,7 +333,7 @@ async fn producer(p: usize, ctl: ProducerCtl, ledger: Arc<Ledger>) -> ProducerRe
                         .remove(&r.sequence)
                         .unwrap_or_else(|| panic!("answer to unknown sequence {}", r.sequence));
                     if let Some(e) = r.error {
-                        report.errors.push(format!("{}: {}", e.code, e.message));
+                        report.errors.push(format!("{:?}: {}", e.code(), e.message));
                         retry.push_back(batch);
                         continue;
                     }
@@ -459,7 +459,7 @@ async fn consumer(g: usize, m: usize, ctl: ConsumerCtl, ledger: Arc<Ledger>) -> 
                         }
                     }
                     Some(Response::Error(e)) => {
-                        report.errors.push(format!("{}: {}", e.code, e.message))
+                        report.errors.push(format!("{:?}: {}", e.code(), e.message))
                     }
                     _ => {}
                 },

@@ -400,7 +400,7 @@ async fn a_group_stops_at_the_damage_until_seeked_past(place: Place) {
         seen.errors
     );
     for e in seen.errors.iter().flatten() {
-        assert_eq!(e.code, "DATA_LOSS", "{e:?}");
+        assert_eq!(e.code(), pb::Code::DataLoss, "{e:?}");
         d.assert_names_the_damage(&e.message);
     }
 

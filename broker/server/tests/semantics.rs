@@ -23,6 +23,7 @@ use mesh_proto::{
     },
     events::v1::Event,
 };
+use mesh_runtime::time::{micros, std_duration, system_time};
 use tokio::time::Instant;
 
 /// Upper bound for anything that should happen "soon".
@@ -83,18 +84,6 @@ fn open_at(topic: &str, group: &str, credit: u32, pos: Position) -> pb::Subscrib
 
 fn offsets(ds: &[pb::Delivery]) -> Vec<u64> {
     ds.iter().map(offset).collect()
-}
-
-fn ts(t: SystemTime) -> prost_types::Timestamp {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap();
-    prost_types::Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
-fn micros(t: &prost_types::Timestamp) -> i64 {
-    t.seconds * 1_000_000 + t.nanos as i64 / 1000
 }
 
 fn publish_us(d: &pb::Delivery) -> i64 {
@@ -623,12 +612,17 @@ async fn late_group_replays_from_earliest_and_from_a_time() {
     assert_eq!(head, 20);
     assert_eq!(offsets(&d), (0..20).collect::<Vec<_>>());
     // The clock reading really lies between the batches.
-    let cut = micros(&ts(between));
+    let cut = micros(&system_time(between));
     assert!(publish_us(&d[9]) < cut && cut <= publish_us(&d[10]));
 
     let mut since = Sub::open_with(
         &mut e.c,
-        open_at("hist", "late-time", 100, Position::Time(ts(between))),
+        open_at(
+            "hist",
+            "late-time",
+            100,
+            Position::Time(system_time(between)),
+        ),
     )
     .await;
     assert_eq!(since.opened.committed, 10);
@@ -894,9 +888,23 @@ async fn seek_dry_run_matches_what_is_redelivered() {
     assert!(quiet(&mut s).await.is_empty(), "exactly 60");
 
     // By time: the second batch again.
-    let dry = seek(&mut e.c, "t", "g", Position::Time(ts(between)), true).await;
+    let dry = seek(
+        &mut e.c,
+        "t",
+        "g",
+        Position::Time(system_time(between)),
+        true,
+    )
+    .await;
     assert_eq!((dry.new_offset, dry.events_to_redeliver), (50, 50));
-    let done = seek(&mut e.c, "t", "g", Position::Time(ts(between)), false).await;
+    let done = seek(
+        &mut e.c,
+        "t",
+        "g",
+        Position::Time(system_time(between)),
+        false,
+    )
+    .await;
     assert_eq!(done.new_offset, 50);
     let (d, _) = until_caught_up(&mut s).await;
     assert_eq!(offsets(&d), (50..100).collect::<Vec<_>>());
@@ -957,10 +965,7 @@ async fn caught_up_after_the_backlog_and_periodic_lag() {
     assert_eq!(held, (20..25).collect::<Vec<_>>());
     assert_eq!(lags.len(), 3, "periodic lag reports");
     assert!(lags.iter().all(|l| l.events == 10), "{lags:?}");
-    let age = |l: &pb::Lag| {
-        let d = l.oldest_unacked_age.unwrap();
-        Duration::new(d.seconds as u64, d.nanos as u32)
-    };
+    let age = |l: &pb::Lag| std_duration(&l.oldest_unacked_age.unwrap()).unwrap();
     assert!(age(&lags[0]) > Duration::ZERO && age(&lags[2]) > age(&lags[0]));
 
     // Ack everything: the rest arrives, then CaughtUp, then a lag of 0.

@@ -73,10 +73,7 @@ impl Analytics for AnalyticsApi {
             out.lag.insert(t, head.saturating_sub(next));
         }
         let up = self.started.elapsed();
-        out.uptime = Some(prost_types::Duration {
-            seconds: up.as_secs() as i64,
-            nanos: up.subsec_nanos() as i32,
-        });
+        out.uptime = Some(mesh_sdk::mesh_runtime::time::duration(up));
         Ok(Response::new(out))
     }
 }

@@ -1,9 +1,11 @@
 //! Settings: `billing.toml`, then `BILLING__*` environment overrides.
 
+use std::net::SocketAddr;
+
 use mesh_sdk::{
     SdkError,
-    app::ServiceConfig,
-    config::{Validate, check_broker, check_listen, check_log_format, check_metrics_listen},
+    config::{ServiceConfig, Validate, check_broker},
+    mesh_runtime::config::{LogFormat, opt_addr},
 };
 use serde::Deserialize;
 
@@ -11,12 +13,14 @@ use serde::Deserialize;
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// This service's gRPC address.
-    pub listen: String,
+    pub listen: SocketAddr,
     /// The broker, the only other address this service knows.
     pub broker: String,
-    pub log_format: String,
-    /// Prometheus metrics over HTTP; empty disables them.
-    pub metrics_listen: String,
+    /// Lines for people (`text`) or for log pipelines (`json`).
+    pub log_format: LogFormat,
+    /// Prometheus metrics over HTTP; `""` disables them.
+    #[serde(deserialize_with = "opt_addr")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Payments for orders whose total (in minor units) exceeds this are
     /// declined: the simulated, deterministic payment rule.
     pub decline_over_minor: i64,
@@ -25,10 +29,10 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: "127.0.0.1:50053".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 50053)),
             broker: "http://127.0.0.1:50051".into(),
-            log_format: "text".into(),
-            metrics_listen: "127.0.0.1:9092".into(),
+            log_format: LogFormat::Text,
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9092))),
             decline_over_minor: 100_000,
         }
     }
@@ -36,10 +40,7 @@ impl Default for Config {
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), SdkError> {
-        check_listen("listen", &self.listen)?;
         check_broker("broker", &self.broker)?;
-        check_log_format("log_format", &self.log_format)?;
-        check_metrics_listen("metrics_listen", &self.metrics_listen)?;
         if self.decline_over_minor < 0 {
             return Err(mesh_sdk::error::config_err(
                 "decline_over_minor",
@@ -51,13 +52,13 @@ impl Validate for Config {
 }
 
 impl ServiceConfig for Config {
-    fn listen(&self) -> &str {
-        &self.listen
+    fn listen(&self) -> SocketAddr {
+        self.listen
     }
-    fn log_format(&self) -> &str {
-        &self.log_format
+    fn log_format(&self) -> LogFormat {
+        self.log_format
     }
-    fn metrics_listen(&self) -> &str {
-        &self.metrics_listen
+    fn metrics_listen(&self) -> Option<SocketAddr> {
+        self.metrics_listen
     }
 }

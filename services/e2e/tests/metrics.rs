@@ -100,7 +100,7 @@ async fn billing_counts_every_event_it_handled_and_agrees_with_the_broker() {
                 m.dir.path().join("broker").display().to_string(),
             ),
             ("BROKER__METRICS_LISTEN", broker_metrics.to_string()),
-            ("BROKER__DELIVERY__LAG_REPORT_INTERVAL_MS", "100".into()),
+            ("BROKER__DELIVERY__LAG_REPORT_INTERVAL", "100ms".into()),
         ]),
     ));
     m.start("orders");

@@ -24,16 +24,6 @@ pub fn order_id(customer_id: &str, idempotency_key: &str) -> String {
     format!("ord-{h:016x}")
 }
 
-fn now() -> prost_types::Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    prost_types::Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
 #[tonic::async_trait]
 impl Orders for OrdersApi {
     async fn place_order(
@@ -52,7 +42,7 @@ impl Orders for OrdersApi {
             items: r.items,
             total: Some(total),
             status: OrderStatus::Placed as i32,
-            placed_at: Some(now()),
+            placed_at: Some(mesh_sdk::mesh_runtime::time::now()),
             cancel_reason: String::new(),
         };
         let event = OrderPlaced {

@@ -1,22 +1,17 @@
-//! The whole `main` of a service: `healthcheck` subcommand, config, logging
-//! and tracing,
-//! listening socket, SIGTERM/SIGINT, then the service's `run`.
+//! The whole `main` of a service: the command line (`mesh_runtime::cli`:
+//! `[--config FILE]`, `healthcheck [ADDR]`), config, logging and tracing,
+//! the metrics endpoint, the listening socket, SIGTERM/SIGINT, then the
+//! service's `run`.
 
 use std::{future::Future, process::ExitCode};
 
-use serde::de::DeserializeOwned;
+use clap::Parser;
+use mesh_runtime::cli::{self, Cli, Command};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{SdkError, config::Validate};
-
-/// What the bootstrap needs from a service's config.
-pub trait ServiceConfig: DeserializeOwned + Validate {
-    fn listen(&self) -> &str;
-    fn log_format(&self) -> &str;
-    /// Where to serve Prometheus metrics; empty disables them.
-    fn metrics_listen(&self) -> &str;
-}
+use crate::SdkError;
+use crate::config::ServiceConfig;
 
 /// Runs a service binary. `prefix` names its environment overrides
 /// (`PREFIX__KEY`), `default_file` is read when no `--config` is given.
@@ -43,42 +38,26 @@ where
     F: FnOnce(C, TcpListener, CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), SdkError>>,
 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let args = Cli::parse();
+    let who = prefix.to_lowercase();
+    let Some(rt) = cli::tokio_runtime(&who) else {
+        return ExitCode::FAILURE;
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("healthcheck") {
-        let addr = args
-            .get(1)
-            .cloned()
-            .unwrap_or_else(|| "127.0.0.1:50051".into());
-        return if rt.block_on(crate::server::healthcheck(&addr)) {
-            ExitCode::SUCCESS
-        } else {
-            eprintln!("not healthy: {addr}");
-            ExitCode::FAILURE
-        };
+    if let Some(Command::Healthcheck { addr }) = &args.command {
+        return cli::healthcheck(&rt, &who, addr);
     }
-    let cfg: C = match crate::config::config_path_from_args()
-        .and_then(|p| crate::config::load_with(prefix, p.as_deref(), default_file, defaults))
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
+    let cfg: C =
+        match crate::config::load_with(prefix, args.config.as_deref(), default_file, defaults) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        };
     // The OTLP exporter's channel lives on this runtime, so build it inside.
     let telemetry = {
         let _rt = rt.enter();
-        mesh_telemetry::init(&prefix.to_lowercase(), cfg.log_format())
+        mesh_telemetry::init(&who, cfg.log_format().as_str())
     };
     let code = rt.block_on(async move {
         let listener = match TcpListener::bind(cfg.listen()).await {

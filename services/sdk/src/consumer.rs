@@ -15,6 +15,7 @@ use mesh_proto::broker::v1::{
     self as pb, broker_client::BrokerClient, start_position::Position, subscribe_request::Request,
     subscribe_response::Response,
 };
+use mesh_runtime::backoff::Backoff;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +23,6 @@ use tonic::transport::Endpoint;
 use tracing::Instrument;
 
 use crate::{
-    backoff::Backoff,
     error::SdkError,
     events::{Delivered, HandlerError},
     producer::endpoint,
@@ -53,7 +53,7 @@ pub(crate) fn delivered(d: pb::Delivery) -> Option<Delivered> {
         attempt: d.delivery_attempt,
         publish_time_us: stored
             .publish_time
-            .map_or(0, |t| t.seconds * 1_000_000 + t.nanos as i64 / 1000),
+            .map_or(0, |t| mesh_runtime::time::micros(&t)),
         event: stored.event.unwrap_or_default(),
     })
 }
@@ -204,10 +204,7 @@ impl Consumer {
                                     tracing::warn!(offset, reason = %e.reason, "handler failed; nacking");
                                     Request::Nack(pb::Nack {
                                         offsets: vec![offset],
-                                        delay: e.delay.map(|d| prost_types::Duration {
-                                            seconds: d.as_secs() as i64,
-                                            nanos: d.subsec_nanos() as i32,
-                                        }),
+                                        delay: e.delay.map(mesh_runtime::time::duration),
                                         reason: e.reason,
                                     })
                                 }
@@ -228,7 +225,7 @@ impl Consumer {
                         .await;
                 }
                 Response::Error(e) => {
-                    tracing::warn!(topic = %self.topic, group = %self.group, code = %e.code, message = %e.message, "broker refused a request")
+                    tracing::warn!(topic = %self.topic, group = %self.group, code = ?e.status_code(), message = %e.message, "broker refused a request")
                 }
                 Response::CaughtUp(_) | Response::Lag(_) => {}
             }

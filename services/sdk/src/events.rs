@@ -84,19 +84,13 @@ pub fn envelope<E: DomainEvent>(
     subject: &str,
     msg: &E,
 ) -> Event {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
     Event {
         id: id.into(),
         source: source.to_string(),
         spec_version: "1.0".into(),
         r#type: E::TYPE.into(),
         subject: subject.to_string(),
-        time: Some(prost_types::Timestamp {
-            seconds: now.as_secs() as i64,
-            nanos: now.subsec_nanos() as i32,
-        }),
+        time: Some(mesh_runtime::time::now()),
         datacontenttype: "application/protobuf".into(),
         data: Bytes::from(msg.encode_to_vec()),
         attributes: Default::default(),

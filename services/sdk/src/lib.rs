@@ -3,9 +3,8 @@
 //! - [`config`]: settings from code defaults, a TOML file and
 //!   `PREFIX__KEY` environment overrides, validated with errors naming the
 //!   key.
-//! - [`server`]: the gRPC server bootstrap (own API + health + reflection
-//!   v1/v1alpha), graceful shutdown on SIGTERM/SIGINT, and the container
-//!   `healthcheck` probe.
+//! - [`server`]: the gRPC server of a service: its own API plus
+//!   `mesh_runtime`'s health and reflection, graceful shutdown.
 //! - [`producer`]: a typed producer: pipelined, batched, retried across
 //!   reconnects, with deterministic ids.
 //! - [`consumer`]: a typed consumer group member: `Ok` acks, `Err` nacks,
@@ -13,14 +12,13 @@
 //! - [`tail`]: replaying or following a topic without a group.
 //! - [`events`]: typed events in the envelope, [`Delivered`],
 //!   [`HandlerError`], [`derive_id`].
-//! - [`app`]: a service's whole `main`.
+//! - [`app`]: a service's whole `main` (command line, config, telemetry,
+//!   metrics endpoint, listener, signals).
 //! - [`metrics`]: Prometheus metrics (events handled and failed, handler
 //!   latency) and their HTTP endpoint.
-//! - [`backoff`]: exponential backoff with jitter.
 //! - [`error`]: [`SdkError`], the one error type.
 
 pub mod app;
-pub mod backoff;
 pub mod config;
 pub mod consumer;
 pub mod error;
@@ -35,6 +33,7 @@ pub use consumer::{Consumer, Start};
 pub use error::SdkError;
 pub use events::{Delivered, HandlerError, derive_id, envelope};
 pub use mesh_proto;
+pub use mesh_runtime;
 pub use mesh_telemetry;
 pub use producer::Producer;
 pub use tokio_util::sync::CancellationToken;
@@ -44,7 +43,7 @@ pub fn shutdown_token() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
-        server::shutdown_signal().await;
+        mesh_runtime::shutdown_signal().await;
         t.cancel();
     });
     token
@@ -59,7 +58,7 @@ pub async fn ensure_topics(
 ) -> Result<(), SdkError> {
     use mesh_proto::broker::v1::{CreateTopicRequest, broker_client::BrokerClient};
     let ep = producer::endpoint(broker)?;
-    let mut backoff = backoff::Backoff::default();
+    let mut backoff = mesh_runtime::backoff::Backoff::default();
     loop {
         let attempt = async {
             let mut c = BrokerClient::new(ep.connect().await?);

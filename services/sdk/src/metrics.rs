@@ -1,6 +1,6 @@
 //! Prometheus metrics of a service: events handled and failed, and handler
 //! latency, per topic and group, served over HTTP on `metrics_listen` by
-//! `metrics-exporter-prometheus` (started by [`crate::app::main`]).
+//! `mesh_runtime::metrics` (started by [`crate::app::main`]).
 //!
 //! Everything is recorded through the `metrics` facade, so a process that
 //! never calls [`install`] (a test, a tool) records nothing. Readers without
@@ -8,59 +8,25 @@
 
 use std::{
     net::SocketAddr,
-    sync::Mutex,
     time::{Duration, Instant},
 };
 
 use metrics::{Counter, Histogram, Unit, counter, describe_counter, describe_histogram};
-use metrics_exporter_prometheus::PrometheusBuilder;
 
-use crate::error::{SdkError, config_err};
+use crate::error::SdkError;
 
 pub const HANDLED: &str = "mesh_service_events_handled_total";
 pub const FAILED: &str = "mesh_service_events_failed_total";
 pub const HANDLER_SECONDS: &str = "mesh_service_handler_duration_seconds";
 
-/// Histogram buckets (seconds) for handler latency: 100 µs to 10 s.
-pub const LATENCY_BUCKETS: [f64; 16] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
-];
-
-static INSTALLED: Mutex<Option<SocketAddr>> = Mutex::new(None);
-
-/// Installs the process-wide Prometheus recorder and serves it on `listen`
-/// (`GET /metrics`). Empty `listen` does nothing. Must run inside a Tokio
-/// runtime; errors name the key `metrics_listen`.
-pub fn install(listen: &str) -> Result<(), SdkError> {
-    if listen.is_empty() {
+/// Installs the process-wide Prometheus recorder and its endpoint on
+/// `listen` (`None` does nothing; see `mesh_runtime::metrics::install`),
+/// then describes the handler metrics. Must run inside a Tokio runtime;
+/// errors name the key `metrics_listen`.
+pub fn install(listen: Option<SocketAddr>) -> Result<(), SdkError> {
+    if !mesh_runtime::metrics::install(listen)? {
         return Ok(());
     }
-    let err = |e: &dyn std::fmt::Display| {
-        config_err(
-            "metrics_listen",
-            format!("cannot serve metrics on {listen}: {e}"),
-        )
-    };
-    let addr: SocketAddr = listen.parse().map_err(|e| err(&e))?;
-    let mut installed = INSTALLED.lock().expect("metrics lock");
-    if let Some(running) = *installed {
-        tracing::warn!(%running, requested = %addr, "metrics are already served by this process; recording there");
-        return Ok(());
-    }
-    let (recorder, exporter) = PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets(&LATENCY_BUCKETS)
-        .map_err(|e| err(&e))?
-        .build()
-        .map_err(|e| err(&e))?;
-    metrics::set_global_recorder(recorder).map_err(|e| err(&e))?;
-    tokio::spawn(async move {
-        if let Err(e) = exporter.await {
-            tracing::error!(error = ?e, "the metrics endpoint stopped");
-        }
-    });
-    *installed = Some(addr);
     describe_counter!(
         HANDLED,
         Unit::Count,
@@ -76,7 +42,6 @@ pub fn install(listen: &str) -> Result<(), SdkError> {
         Unit::Seconds,
         "Time the handler took per event, successful or not, per topic and group."
     );
-    tracing::info!(%addr, "serving Prometheus metrics");
     Ok(())
 }
 
@@ -114,8 +79,10 @@ impl HandlerMetrics {
 
 #[cfg(test)]
 mod tests {
+    use mesh_runtime::metrics::LATENCY_BUCKETS;
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
     use super::*;
-    use crate::config::Validate;
 
     #[test]
     fn handler_metrics_are_counted_per_topic_and_group() {
@@ -139,16 +106,5 @@ mod tests {
         ] {
             assert!(text.lines().any(|x| x == line), "{line} not in\n{text}");
         }
-    }
-
-    #[test]
-    fn metrics_listen_is_an_address_or_empty() {
-        let mut c = crate::BasicConfig::default();
-        c.validate().unwrap();
-        c.metrics_listen = String::new();
-        c.validate().unwrap();
-        c.metrics_listen = "9095".into();
-        let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("metrics_listen"), "{e}");
     }
 }

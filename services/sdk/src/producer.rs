@@ -27,7 +27,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 use tracing::Instrument;
 
-use crate::{backoff::Backoff, error::SdkError, events::envelope};
+use mesh_runtime::backoff::Backoff;
+use tonic::Code;
+
+use crate::{error::SdkError, events::envelope};
 
 /// Events merged into one request at most.
 const MAX_MERGED_EVENTS: usize = 500;
@@ -195,7 +198,8 @@ fn next_request(queue: &mut VecDeque<Job>) -> Option<Vec<Job>> {
 
 fn answer(jobs: Vec<Job>, resp: PublishResponse, queue: &mut VecDeque<Job>) {
     if let Some(err) = resp.error {
-        if err.code == "UNAVAILABLE" || err.code == "RESOURCE_EXHAUSTED" {
+        let code = err.status_code();
+        if matches!(code, Code::Unavailable | Code::ResourceExhausted) {
             // Transient: try again.
             for j in jobs.into_iter().rev() {
                 queue.push_front(j);
@@ -210,7 +214,7 @@ fn answer(jobs: Vec<Job>, resp: PublishResponse, queue: &mut VecDeque<Job>) {
             for j in jobs {
                 let _ = j.reply.send(Err(SdkError::Refused {
                     topic: j.topic.clone(),
-                    code: err.code.clone(),
+                    code,
                     message: err.message.clone(),
                 }));
             }

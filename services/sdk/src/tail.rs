@@ -6,12 +6,11 @@ use mesh_proto::broker::v1::{
     self as pb, broker_client::BrokerClient, start_position::Position, subscribe_request::Request,
     subscribe_response::Response,
 };
+use mesh_runtime::backoff::Backoff;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    backoff::Backoff, consumer::delivered, error::SdkError, events::Delivered, producer::endpoint,
-};
+use crate::{consumer::delivered, error::SdkError, events::Delivered, producer::endpoint};
 
 /// What the callback of [`tail`] sees.
 pub enum TailEvent {

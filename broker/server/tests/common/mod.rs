@@ -34,9 +34,9 @@ pub type Client = BrokerClient<Channel>;
 /// Settings that make timing-based behaviour quick in tests.
 pub fn test_config(dir: &Path) -> BrokerConfig {
     let mut c = BrokerConfig {
-        listen: "127.0.0.1:0".into(),
+        listen: ([127, 0, 0, 1], 0).into(),
         // Many brokers run at once; tests/metrics.rs turns this on.
-        metrics_listen: String::new(),
+        metrics_listen: None,
         data_dir: dir.to_path_buf(),
         ..BrokerConfig::default()
     };
@@ -47,7 +47,7 @@ pub fn test_config(dir: &Path) -> BrokerConfig {
     c.delivery.idle_timeout_ms = 3_000;
     c.delivery.lag_report_interval_ms = 200;
     c.delivery.commit_interval_ms = 20;
-    c.drain_deadline_ms = 3_000;
+    c.drain_deadline = std::time::Duration::from_secs(3);
     c
 }
 
@@ -381,10 +381,7 @@ impl Sub {
             .send(pb::SubscribeRequest {
                 request: Some(Request::Nack(pb::Nack {
                     offsets,
-                    delay: Some(prost_types::Duration {
-                        seconds: delay.as_secs() as i64,
-                        nanos: delay.subsec_nanos() as i32,
-                    }),
+                    delay: Some(mesh_runtime::time::duration(delay)),
                     reason: reason.into(),
                 })),
             })

@@ -203,10 +203,10 @@ impl Mesh {
                 "BROKER__DATA_DIR".into(),
                 self.dir.path().join("broker").display().to_string(),
             ),
-            ("BROKER__DELIVERY__ACK_DEADLINE_MS".into(), "3000".into()),
-            ("BROKER__DELIVERY__COMMIT_INTERVAL_MS".into(), "20".into()),
-            ("BROKER__DELIVERY__MIN_BACKOFF_MS".into(), "50".into()),
-            ("BROKER__DELIVERY__MAX_BACKOFF_MS".into(), "1000".into()),
+            ("BROKER__DELIVERY__ACK_DEADLINE".into(), "3s".into()),
+            ("BROKER__DELIVERY__COMMIT_INTERVAL".into(), "20ms".into()),
+            ("BROKER__DELIVERY__MIN_BACKOFF".into(), "50ms".into()),
+            ("BROKER__DELIVERY__MAX_BACKOFF".into(), "1s".into()),
         ]);
         self.broker = Some(Proc::spawn("broker", "broker", self.dir.path(), &env));
     }

@@ -6,12 +6,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use broker::BrokerConfig;
+use broker::{BrokerConfig, config};
 use mesh_proto::broker::v1::{self as pb, broker_client::BrokerClient};
 use tokio::{runtime::Runtime, sync::oneshot};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::{Res, args::Args, disk::RunDir, err};
+use crate::{
+    Res,
+    args::{Args, Fsync},
+    disk::RunDir,
+    err,
+};
 
 pub type Client = BrokerClient<Channel>;
 
@@ -20,13 +25,16 @@ pub type Client = BrokerClient<Channel>;
 /// run's data directory. The storage-only baseline uses its `log_config()`.
 pub fn broker_config(args: &Args, data_dir: PathBuf) -> BrokerConfig {
     let mut cfg = BrokerConfig {
-        listen: "127.0.0.1:0".into(),
+        listen: ([127, 0, 0, 1], 0).into(),
         // Several brokers start one after another; no fixed port.
-        metrics_listen: String::new(),
+        metrics_listen: None,
         data_dir,
         ..Default::default()
     };
-    cfg.storage.fsync = args.fsync.name().to_string();
+    cfg.storage.fsync = match args.fsync {
+        Fsync::Always => config::Fsync::Always,
+        Fsync::Interval => config::Fsync::Interval,
+    };
     cfg
 }
 
