@@ -72,13 +72,6 @@ pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     d.deserialize_any(DurationVisitor)
 }
 
-/// [`duration`], kept as whole milliseconds: for settings still read as
-/// `u64` milliseconds by code that has not moved to `Duration` yet.
-pub fn duration_ms<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    let v = duration(d)?;
-    u64::try_from(v.as_millis()).map_err(|_| de::Error::custom("duration too long"))
-}
-
 /// [`duration`] for an optional setting.
 pub fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     duration(d).map(Some)

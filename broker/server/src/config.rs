@@ -151,57 +151,29 @@ pub struct LimitsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct DeliveryConfig {
     /// An event not acked within this time is redelivered.
-    #[serde(
-        rename = "ack_deadline",
-        alias = "ack_deadline_ms",
-        deserialize_with = "rc::duration_ms"
-    )]
-    pub ack_deadline_ms: u64,
+    #[serde(alias = "ack_deadline_ms", deserialize_with = "rc::duration")]
+    pub ack_deadline: Duration,
     /// Deliveries of one event before it is dead-lettered.
     pub max_delivery_attempts: u32,
     /// The first redelivery delay, doubled per attempt.
-    #[serde(
-        rename = "min_backoff",
-        alias = "min_backoff_ms",
-        deserialize_with = "rc::duration_ms"
-    )]
-    pub min_backoff_ms: u64,
+    #[serde(alias = "min_backoff_ms", deserialize_with = "rc::duration")]
+    pub min_backoff: Duration,
     /// The cap of the redelivery delay.
-    #[serde(
-        rename = "max_backoff",
-        alias = "max_backoff_ms",
-        deserialize_with = "rc::duration_ms"
-    )]
-    pub max_backoff_ms: u64,
+    #[serde(alias = "max_backoff_ms", deserialize_with = "rc::duration")]
+    pub max_backoff: Duration,
     /// How often every stream gets a heartbeat (and HTTP/2 keepalive).
-    #[serde(
-        rename = "heartbeat_interval",
-        alias = "heartbeat_interval_ms",
-        deserialize_with = "rc::duration_ms"
-    )]
-    pub heartbeat_interval_ms: u64,
+    #[serde(alias = "heartbeat_interval_ms", deserialize_with = "rc::duration")]
+    pub heartbeat_interval: Duration,
     /// A subscriber that sends nothing for this long is disconnected and
     /// its in-flight events go back to the group.
-    #[serde(
-        rename = "idle_timeout",
-        alias = "idle_timeout_ms",
-        deserialize_with = "rc::duration_ms"
-    )]
-    pub idle_timeout_ms: u64,
+    #[serde(alias = "idle_timeout_ms", deserialize_with = "rc::duration")]
+    pub idle_timeout: Duration,
     /// How often each subscriber is told its group's lag.
-    #[serde(
-        rename = "lag_report_interval",
-        alias = "lag_report_interval_ms",
-        deserialize_with = "rc::duration_ms"
-    )]
-    pub lag_report_interval_ms: u64,
+    #[serde(alias = "lag_report_interval_ms", deserialize_with = "rc::duration")]
+    pub lag_report_interval: Duration,
     /// How often a group's moved position is written to disk.
-    #[serde(
-        rename = "commit_interval",
-        alias = "commit_interval_ms",
-        deserialize_with = "rc::duration_ms"
-    )]
-    pub commit_interval_ms: u64,
+    #[serde(alias = "commit_interval_ms", deserialize_with = "rc::duration")]
+    pub commit_interval: Duration,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -285,14 +257,14 @@ impl Default for LimitsConfig {
 impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
-            ack_deadline_ms: 30_000,
+            ack_deadline: Duration::from_millis(30_000),
             max_delivery_attempts: 5,
-            min_backoff_ms: 100,
-            max_backoff_ms: 60_000,
-            heartbeat_interval_ms: 10_000,
-            idle_timeout_ms: 60_000,
-            lag_report_interval_ms: 5_000,
-            commit_interval_ms: 100,
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(60_000),
+            heartbeat_interval: Duration::from_millis(10_000),
+            idle_timeout: Duration::from_millis(60_000),
+            lag_report_interval: Duration::from_millis(5_000),
+            commit_interval: Duration::from_millis(100),
         }
     }
 }
@@ -322,32 +294,35 @@ impl BrokerConfig {
                 "storage.retention_check_interval",
                 self.storage.retention_check_interval.is_zero(),
             ),
-            ("delivery.ack_deadline", d.ack_deadline_ms == 0),
+            ("delivery.ack_deadline", d.ack_deadline.is_zero()),
             (
                 "delivery.max_delivery_attempts",
                 d.max_delivery_attempts == 0,
             ),
-            ("delivery.min_backoff", d.min_backoff_ms == 0),
-            ("delivery.heartbeat_interval", d.heartbeat_interval_ms == 0),
-            ("delivery.idle_timeout", d.idle_timeout_ms == 0),
+            ("delivery.min_backoff", d.min_backoff.is_zero()),
+            (
+                "delivery.heartbeat_interval",
+                d.heartbeat_interval.is_zero(),
+            ),
+            ("delivery.idle_timeout", d.idle_timeout.is_zero()),
             (
                 "delivery.lag_report_interval",
-                d.lag_report_interval_ms == 0,
+                d.lag_report_interval.is_zero(),
             ),
-            ("delivery.commit_interval", d.commit_interval_ms == 0),
+            ("delivery.commit_interval", d.commit_interval.is_zero()),
         ];
         for (key, zero) in positive {
             if zero {
                 return invalid(key, "must be greater than 0");
             }
         }
-        if d.max_backoff_ms < d.min_backoff_ms {
+        if d.max_backoff < d.min_backoff {
             return invalid(
                 "delivery.max_backoff",
                 "must be at least delivery.min_backoff",
             );
         }
-        if d.idle_timeout_ms <= d.heartbeat_interval_ms {
+        if d.idle_timeout <= d.heartbeat_interval {
             return invalid(
                 "delivery.idle_timeout",
                 "must be longer than delivery.heartbeat_interval",
@@ -443,9 +418,5 @@ impl BrokerConfig {
     pub fn topic_spec_config(&self, t: &TopicSpec) -> TopicConfig {
         let ms = t.retention.map(|d| d.as_millis() as u64);
         self.topic_config(ms, t.retention_bytes, t.max_delivery_attempts)
-    }
-
-    pub fn ms(v: u64) -> Duration {
-        Duration::from_millis(v)
     }
 }

@@ -36,9 +36,9 @@ pub enum BrokerError {
     #[error("the group was stopped (topic or group deleted, or shutdown); reconnect")]
     GroupStopped,
 
-    /// A group member sent nothing for `delivery.idle_timeout_ms`.
+    /// A group member sent nothing for `delivery.idle_timeout`.
     #[error(
-        "no request from this subscriber for delivery.idle_timeout_ms = {idle_ms} ms; its in-flight events went back to the group"
+        "no request from this subscriber for delivery.idle_timeout = {idle_ms} ms; its in-flight events went back to the group"
     )]
     IdleTimeout { idle_ms: u128 },
 

@@ -3,7 +3,7 @@
 //!
 //! - [`server`]: [`run`]: storage, gRPC server (with `mesh_runtime`'s
 //!   health and reflection), retention, graceful drain.
-//! - [`service`]: the gRPC edge (generated `Broker` trait).
+//! - [`service`]: the gRPC edge (the generated `Broker` trait, implemented by `GrpcService`).
 //! - [`publish`]: the Publish stream and PublishUnary.
 //! - [`subscribe`]: Subscribe sessions: group members and ephemeral tails.
 //! - [`outbox`]: what a Subscribe stream may queue, bounded in bytes per
@@ -36,6 +36,7 @@ pub mod server;
 pub mod service;
 pub mod state;
 pub mod subscribe;
+pub mod upkeep;
 
 pub use config::BrokerConfig;
 pub use error::BrokerError;

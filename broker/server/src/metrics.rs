@@ -1,21 +1,18 @@
-//! Prometheus metrics: the metric names and descriptions, and the gauges
-//! refreshed on a timer (bytes on disk, lag of groups that have no running
-//! dispatcher). The recorder and its HTTP endpoint (`metrics_listen`) are
-//! `mesh_runtime::metrics`.
+//! Prometheus metrics: the metric names, their descriptions, and small
+//! typed handles for the ones recorded on hot paths. The recorder and its
+//! HTTP endpoint (`metrics_listen`) are `mesh_runtime::metrics`; the gauges
+//! refreshed on a timer are `upkeep::refresh_loop`. This module depends on
+//! nothing else in the crate, so every other module may use it.
 //!
 //! Everything is recorded through the `metrics` facade, which is a no-op
 //! until a recorder is installed, so a broker with `metrics_listen = ""`
-//! pays next to nothing. The README's "Metrics" section lists every metric.
+//! pays next to nothing. docs/operations.md ("Metrics") lists every metric.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
-use mesh_log::Storage;
 use metrics::{
     Counter, Gauge, Unit, counter, describe_counter, describe_gauge, describe_histogram,
 };
-use tokio::sync::watch;
-
-use crate::{config::BrokerConfig, convert, error::Result, state::Broker};
 
 pub const PUBLISHED: &str = "mesh_broker_events_published_total";
 pub const DUPLICATES: &str = "mesh_broker_events_duplicate_total";
@@ -34,7 +31,7 @@ pub const PUBLISHERS: &str = "mesh_broker_connected_publishers";
 pub const SUBSCRIBERS: &str = "mesh_broker_connected_subscribers";
 pub const BUFFERED: &str = "mesh_broker_subscriber_buffered_bytes";
 
-/// Every metric the broker records (the README lists them all).
+/// Every metric the broker records (docs/operations.md lists them all).
 pub const ALL: [&str; 16] = [
     PUBLISHED,
     DUPLICATES,
@@ -57,7 +54,7 @@ pub const ALL: [&str; 16] = [
 /// Installs the process-wide Prometheus recorder and its endpoint on
 /// `listen` (`None` does nothing; see `mesh_runtime::metrics::install`),
 /// then describes the broker's metrics.
-pub fn install(listen: Option<SocketAddr>) -> Result<()> {
+pub fn install(listen: Option<SocketAddr>) -> Result<(), mesh_runtime::RuntimeError> {
     if mesh_runtime::metrics::install(listen)? {
         describe();
         // Present from the start, not only after the first connection.
@@ -207,48 +204,5 @@ impl GroupMetrics {
     pub fn set_lag(&self, events: u64, oldest_unacked: Duration) {
         self.lag.set(events as f64);
         self.oldest_unacked.set(oldest_unacked.as_secs_f64());
-    }
-}
-
-/// How long ago the event at `offset` of `topic` was published (zero if
-/// there is none, or it cannot be read).
-pub async fn age_at(storage: &dyn Storage, topic: &str, offset: u64) -> Duration {
-    match storage.read(topic, offset, 1, 1 << 20).await {
-        Ok(r) => r.first().map_or(Duration::ZERO, |r| {
-            Duration::from_micros((convert::now_us() - r.timestamp_us).max(0) as u64)
-        }),
-        Err(_) => Duration::ZERO,
-    }
-}
-
-/// Every `delivery.lag_report_interval` until shutdown: bytes on disk
-/// per topic, and lag of the groups no dispatcher is running for (after a
-/// restart, before their first member joins; running dispatchers set their
-/// own on the same timer).
-pub async fn refresh_loop(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
-    let every = BrokerConfig::ms(broker.cfg.delivery.lag_report_interval_ms);
-    loop {
-        metrics::gauge!(BUFFERED).set(broker.buffers.used() as f64);
-        for t in broker.storage.topics() {
-            metrics::gauge!(TOPIC_BYTES, "topic" => t.name.clone()).set(t.bytes as f64);
-            let Ok(groups) = broker.storage.groups(&t.name) else {
-                continue;
-            };
-            for g in groups {
-                if broker.groups.get(&t.name, &g.group).is_some() {
-                    continue;
-                }
-                let age = if g.lag == 0 {
-                    Duration::ZERO
-                } else {
-                    age_at(&*broker.storage, &t.name, g.committed.max(t.earliest)).await
-                };
-                GroupMetrics::new(&t.name, &g.group).set_lag(g.lag, age);
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = crate::state::stopped(&mut stop) => return,
-        }
     }
 }

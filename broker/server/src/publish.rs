@@ -19,7 +19,7 @@ use tonic::{Status, Streaming};
 
 use crate::{
     error::{BrokerError, Result, to_proto},
-    state::Broker,
+    state::Shared,
 };
 
 pub type PublishStream = ReceiverStream<Result<PublishResponse, Status>>;
@@ -47,7 +47,7 @@ fn publish_span(topic: &str, ev: &mut mesh_proto::events::v1::Event) -> tracing:
 }
 
 /// Checks a request and turns its events into log records.
-fn encode(broker: &Broker, req: PublishRequest) -> Result<(String, Vec<AppendRecord>, Spans)> {
+fn encode(broker: &Shared, req: PublishRequest) -> Result<(String, Vec<AppendRecord>, Spans)> {
     let limits = &broker.cfg.limits;
     if req.events.is_empty() {
         return Err(BrokerError::invalid(
@@ -102,7 +102,7 @@ fn encode(broker: &Broker, req: PublishRequest) -> Result<(String, Vec<AppendRec
 
 /// Validates and queues one request; the returned future resolves when it
 /// is durable.
-async fn submit(broker: &Broker, req: PublishRequest) -> Result<PendingAppend> {
+async fn submit(broker: &Shared, req: PublishRequest) -> Result<PendingAppend> {
     broker.ensure_topic("topic", &req.topic).await?;
     let (topic, records, spans) = encode(broker, req)?;
     let pending = broker.storage.submit(&topic, records).await?;
@@ -125,7 +125,7 @@ async fn submit(broker: &Broker, req: PublishRequest) -> Result<PendingAppend> {
 }
 
 /// [`submit`], counted and timed for the metrics (receipt to durable).
-async fn submit_metered(broker: &Broker, req: PublishRequest) -> Result<PendingAppend> {
+async fn submit_metered(broker: &Shared, req: PublishRequest) -> Result<PendingAppend> {
     let (started, topic) = (std::time::Instant::now(), req.topic.clone());
     let pending = submit(broker, req).await?;
     Ok(PendingAppend::new(async move {
@@ -157,7 +157,7 @@ fn response(sequence: u64, r: Result<Vec<mesh_log::Appended>>) -> PublishRespons
     }
 }
 
-pub async fn publish_unary(broker: &Broker, req: PublishRequest) -> Result<PublishResponse> {
+pub async fn publish_unary(broker: &Shared, req: PublishRequest) -> Result<PublishResponse> {
     if broker.is_stopping() {
         return Err(BrokerError::ShuttingDown);
     }
@@ -168,7 +168,7 @@ pub async fn publish_unary(broker: &Broker, req: PublishRequest) -> Result<Publi
 }
 
 pub fn publish_stream(
-    broker: Arc<Broker>,
+    broker: Arc<Shared>,
     mut inbound: Streaming<PublishRequest>,
 ) -> Result<PublishStream> {
     let slot = broker.publishers.clone().try_acquire_owned().map_err(|_| {

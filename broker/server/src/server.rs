@@ -12,7 +12,7 @@ use tonic::{
     transport::{Server, server::TcpIncoming},
 };
 
-use crate::{config::BrokerConfig, error::Result, service::BrokerService, state::Broker};
+use crate::{config::BrokerConfig, error::Result, service::GrpcService, state::Shared};
 
 /// Runs the broker on `listener` until `shutdown` resolves, then drains:
 /// stops taking work, answers and syncs the appends in flight, ends
@@ -42,27 +42,25 @@ pub async fn run(
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let broker = Arc::new(Broker::new(storage.clone(), cfg.clone(), stop_rx.clone()));
-    let retention = tokio::spawn(retention_loop(
+    let broker = Arc::new(Shared::new(storage.clone(), cfg.clone(), stop_rx.clone()));
+    let retention = tokio::spawn(crate::upkeep::retention_loop(
         storage.clone(),
         cfg.clone(),
         stop_rx.clone(),
     ));
-    let metrics_refresh = cfg.metrics_listen.is_some().then(|| {
-        tokio::spawn(crate::metrics::refresh_loop(
-            broker.clone(),
-            stop_rx.clone(),
-        ))
-    });
+    let metrics_refresh = cfg
+        .metrics_listen
+        .is_some()
+        .then(|| tokio::spawn(crate::upkeep::refresh_loop(broker.clone(), stop_rx.clone())));
 
     let max_msg = cfg.limits.max_message_bytes;
-    let svc = BrokerServer::new(BrokerService {
+    let svc = BrokerServer::new(GrpcService {
         broker: broker.clone(),
     })
     .max_decoding_message_size(max_msg)
     .max_encoding_message_size(max_msg);
     let (routes, health) = mesh_runtime::grpc::with_health_and_reflection(Routes::new(svc))?;
-    health.set_serving::<BrokerServer<BrokerService>>().await;
+    health.set_serving::<BrokerServer<GrpcService>>().await;
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "broker listening");
@@ -72,7 +70,7 @@ pub async fn run(
         shutdown.await;
         tracing::info!("shutdown requested; draining");
         health_on_stop
-            .set_not_serving::<BrokerServer<BrokerService>>()
+            .set_not_serving::<BrokerServer<GrpcService>>()
             .await;
         let _ = stop_tx.send(true);
         // Let every session send its final UNAVAILABLE before the server
@@ -87,7 +85,7 @@ pub async fn run(
         // discards whatever the client had not read yet.
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let heartbeat = BrokerConfig::ms(cfg.delivery.heartbeat_interval_ms);
+    let heartbeat = cfg.delivery.heartbeat_interval;
     // `Server::tcp_nodelay` only applies to listeners tonic binds itself,
     // so set it on the incoming stream: without it, Nagle's algorithm holds
     // back small Publish responses behind the client's delayed ACK (40 ms).
@@ -127,21 +125,4 @@ pub async fn run(
     }
     tracing::info!("broker stopped");
     Ok(())
-}
-
-async fn retention_loop(
-    storage: Arc<dyn Storage>,
-    cfg: Arc<BrokerConfig>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let every = cfg.storage.retention_check_interval;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        if let Err(e) = storage.enforce_retention().await {
-            tracing::error!(error = %e, "retention failed");
-        }
-    }
 }

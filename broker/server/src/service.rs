@@ -1,4 +1,4 @@
-//! The gRPC edge: the generated `Broker` trait, implemented by delegating
+//! The gRPC edge: the generated `Broker` trait (named by the proto service), implemented by `GrpcService` delegating
 //! to the session and admin code. Errors become statuses only here.
 
 use std::sync::Arc;
@@ -7,14 +7,15 @@ use mesh_proto::broker::v1::{self as pb, broker_server};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
+    admin,
     publish::{self, PublishStream},
-    state::Broker,
+    state::Shared,
     subscribe::{self, SubscribeStream},
 };
 
 #[derive(Clone)]
-pub struct BrokerService {
-    pub broker: Arc<Broker>,
+pub struct GrpcService {
+    pub broker: Arc<Shared>,
 }
 
 type Rpc<T> = Result<Response<T>, Status>;
@@ -24,7 +25,7 @@ fn ok<T>(r: crate::error::Result<T>) -> Rpc<T> {
 }
 
 #[tonic::async_trait]
-impl broker_server::Broker for BrokerService {
+impl broker_server::Broker for GrpcService {
     type PublishStream = PublishStream;
     type SubscribeStream = SubscribeStream;
 
@@ -47,24 +48,22 @@ impl broker_server::Broker for BrokerService {
     }
 
     async fn create_topic(&self, req: Request<pb::CreateTopicRequest>) -> Rpc<pb::TopicInfo> {
-        ok(self.broker.create_topic(req.into_inner()).await)
+        ok(admin::create_topic(&self.broker, req.into_inner()).await)
     }
 
     async fn list_topics(&self, _: Request<pb::ListTopicsRequest>) -> Rpc<pb::ListTopicsResponse> {
-        Ok(Response::new(self.broker.list_topics()))
+        Ok(Response::new(admin::list_topics(&self.broker)))
     }
 
     async fn describe_topic(&self, req: Request<pb::DescribeTopicRequest>) -> Rpc<pb::TopicInfo> {
-        ok(self.broker.describe_topic(req.into_inner()))
+        ok(admin::describe_topic(&self.broker, req.into_inner()))
     }
 
     async fn delete_topic(
         &self,
         req: Request<pb::DeleteTopicRequest>,
     ) -> Rpc<pb::DeleteTopicResponse> {
-        ok(self
-            .broker
-            .delete_topic(req.into_inner())
+        ok(admin::delete_topic(&self.broker, req.into_inner())
             .await
             .map(|()| pb::DeleteTopicResponse {}))
     }
@@ -73,16 +72,16 @@ impl broker_server::Broker for BrokerService {
         &self,
         req: Request<pb::ListGroupsRequest>,
     ) -> Rpc<pb::ListGroupsResponse> {
-        ok(self.broker.list_groups(&req.into_inner().topic).await)
+        ok(admin::list_groups(&self.broker, &req.into_inner().topic).await)
     }
 
     async fn describe_group(&self, req: Request<pb::DescribeGroupRequest>) -> Rpc<pb::GroupInfo> {
         let r = req.into_inner();
-        ok(self.broker.describe_group(&r.topic, &r.group).await)
+        ok(admin::describe_group(&self.broker, &r.topic, &r.group).await)
     }
 
     async fn seek_group(&self, req: Request<pb::SeekGroupRequest>) -> Rpc<pb::SeekGroupResponse> {
-        ok(self.broker.seek_group(req.into_inner()).await)
+        ok(admin::seek_group(&self.broker, req.into_inner()).await)
     }
 
     async fn delete_group(
@@ -90,9 +89,7 @@ impl broker_server::Broker for BrokerService {
         req: Request<pb::DeleteGroupRequest>,
     ) -> Rpc<pb::DeleteGroupResponse> {
         let r = req.into_inner();
-        ok(self
-            .broker
-            .delete_group(&r.topic, &r.group)
+        ok(admin::delete_group(&self.broker, &r.topic, &r.group)
             .await
             .map(|()| pb::DeleteGroupResponse {}))
     }
@@ -101,16 +98,14 @@ impl broker_server::Broker for BrokerService {
         &self,
         req: Request<pb::ListDeadLettersRequest>,
     ) -> Rpc<pb::ListDeadLettersResponse> {
-        ok(self.broker.list_dead_letters(req.into_inner()).await)
+        ok(admin::list_dead_letters(&self.broker, req.into_inner()).await)
     }
 
     async fn redrive_dead_letters(
         &self,
         req: Request<pb::RedriveDeadLettersRequest>,
     ) -> Rpc<pb::RedriveDeadLettersResponse> {
-        ok(self
-            .broker
-            .redrive(req.into_inner())
+        ok(admin::redrive(&self.broker, req.into_inner())
             .await
             .map(|redriven| pb::RedriveDeadLettersResponse { redriven }))
     }
@@ -119,9 +114,7 @@ impl broker_server::Broker for BrokerService {
         &self,
         req: Request<pb::PurgeDeadLettersRequest>,
     ) -> Rpc<pb::PurgeDeadLettersResponse> {
-        ok(self
-            .broker
-            .purge(req.into_inner())
+        ok(admin::purge(&self.broker, req.into_inner())
             .await
             .map(|purged| pb::PurgeDeadLettersResponse { purged }))
     }

@@ -13,7 +13,7 @@ use crate::{
     outbox::Budget,
 };
 
-pub struct Broker {
+pub struct Shared {
     pub storage: Arc<dyn Storage>,
     pub cfg: Arc<BrokerConfig>,
     pub groups: Groups,
@@ -27,13 +27,13 @@ pub struct Broker {
     pub buffers: Budget,
 }
 
-impl Broker {
+impl Shared {
     pub fn new(
         storage: Arc<dyn Storage>,
         cfg: Arc<BrokerConfig>,
         stopping: watch::Receiver<bool>,
     ) -> Self {
-        Broker {
+        Shared {
             subscribers: Arc::new(Semaphore::new(cfg.limits.max_subscribers)),
             publishers: Arc::new(Semaphore::new(cfg.limits.max_publishers)),
             buffers: Budget::new(

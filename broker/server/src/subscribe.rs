@@ -5,8 +5,8 @@
 //! tail that reads the log directly and keeps no state in the broker.
 //!
 //! Dead streams: the server sends a heartbeat every
-//! `delivery.heartbeat_interval_ms`; a group member that sends nothing for
-//! `delivery.idle_timeout_ms` is disconnected, and when a session ends for
+//! `delivery.heartbeat_interval`; a group member that sends nothing for
+//! `delivery.idle_timeout` is disconnected, and when a session ends for
 //! any reason its in-flight events go back to the group at once. A client
 //! that half-closes its side keeps receiving (so a grpcurl command with
 //! its requests in -d still works); it just cannot ack any more.
@@ -29,12 +29,11 @@ use tokio::{sync::mpsc, time::Instant};
 use tonic::{Status, Streaming};
 
 use crate::{
-    config::BrokerConfig,
     convert, dlq,
     error::{BrokerError, Result},
     group::{Cmd, GroupHandle, JoinRequest, LogStore, Outbound, Start, member_id, resolve_start},
     outbox::{self, Outbox, OutboxStream},
-    state::Broker,
+    state::Shared,
 };
 
 pub type SubscribeStream = OutboxStream;
@@ -72,7 +71,7 @@ struct Opened {
     name: String,
 }
 
-fn validate_open(broker: &Broker, open: pb::Open) -> Result<Opened> {
+fn validate_open(broker: &Shared, open: pb::Open) -> Result<Opened> {
     mesh_log::names::validate("topic", &open.topic)
         .map_err(|e| BrokerError::invalid("open.topic", e.to_string()))?;
     if open.group.is_empty() {
@@ -114,7 +113,7 @@ fn validate_open(broker: &Broker, open: pb::Open) -> Result<Opened> {
 }
 
 pub async fn subscribe(
-    broker: Arc<Broker>,
+    broker: Arc<Shared>,
     mut inbound: Streaming<SubscribeRequest>,
 ) -> Result<SubscribeStream> {
     if broker.is_stopping() {
@@ -131,7 +130,7 @@ pub async fn subscribe(
             ))
         })?;
     let (tx, rx) = broker.buffers.open()?;
-    let idle = BrokerConfig::ms(broker.cfg.delivery.idle_timeout_ms);
+    let idle = broker.cfg.delivery.idle_timeout;
     // Wait for `open`, but not past the start of a shutdown: the server's
     // graceful drain waits for every stream, so a client that connected
     // and has not sent `open` yet would otherwise hold the shutdown up
@@ -158,7 +157,7 @@ pub async fn subscribe(
         Err(_) => {
             return Err(BrokerError::invalid(
                 "open",
-                "no open request within delivery.idle_timeout_ms",
+                "no open request within delivery.idle_timeout",
             ));
         }
     };
@@ -232,7 +231,7 @@ fn outbound(o: Outbound) -> Response {
 const MAX_QUEUED_REPLIES: usize = 16;
 
 async fn group_session(
-    broker: &Broker,
+    broker: &Shared,
     handle: &GroupHandle,
     member: u64,
     auto_ack: bool,
@@ -241,8 +240,8 @@ async fn group_session(
     tx: Outbox,
 ) {
     let d = &broker.cfg.delivery;
-    let idle = BrokerConfig::ms(d.idle_timeout_ms);
-    let mut heartbeat = tokio::time::interval(BrokerConfig::ms(d.heartbeat_interval_ms));
+    let idle = d.idle_timeout;
+    let mut heartbeat = tokio::time::interval(d.heartbeat_interval);
     heartbeat.tick().await;
     let mut last_seen = Instant::now();
     let mut inbound_open = true;
@@ -368,7 +367,7 @@ async fn handle_request(
 
 /// An ephemeral, auto-acking reader: no group, nothing stored.
 async fn tail(
-    broker: Arc<Broker>,
+    broker: Arc<Shared>,
     open: Opened,
     start: u64,
     mut inbound: Streaming<SubscribeRequest>,
@@ -386,8 +385,7 @@ async fn tail(
     let Ok(mut head) = broker.storage.watch_head(&open.topic) else {
         return;
     };
-    let mut heartbeat =
-        tokio::time::interval(BrokerConfig::ms(broker.cfg.delivery.heartbeat_interval_ms));
+    let mut heartbeat = tokio::time::interval(broker.cfg.delivery.heartbeat_interval);
     heartbeat.tick().await;
     let mut stopping = broker.stopping.clone();
     let mut pos = start;

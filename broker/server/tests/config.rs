@@ -37,7 +37,7 @@ fn durations_and_sizes_are_human_and_the_old_ms_keys_still_work() {
     assert_eq!(c.storage.fsync, Fsync::Interval);
     assert_eq!(c.storage.fsync_interval, Duration::from_millis(250));
     assert_eq!(c.storage.segment_bytes, 1 << 20);
-    assert_eq!(c.delivery.ack_deadline_ms, 60_000);
+    assert_eq!(c.delivery.ack_deadline, Duration::from_secs(60));
     assert_eq!(c.limits.max_buffered_bytes, 512 << 20);
     assert_eq!(c.topics[0].retention, Some(Duration::from_secs(7 * 86_400)));
     assert_eq!(c.topics[0].retention_bytes, None);
@@ -49,7 +49,7 @@ fn durations_and_sizes_are_human_and_the_old_ms_keys_still_work() {
     .unwrap();
     assert_eq!(c.drain_deadline, Duration::from_secs(3));
     assert_eq!(c.storage.fsync_interval, Duration::from_millis(250));
-    assert_eq!(c.delivery.ack_deadline_ms, 60_000);
+    assert_eq!(c.delivery.ack_deadline, Duration::from_secs(60));
     assert_eq!(c.topic_config(None, None, None).retention_ms, Some(1000));
 }
 
@@ -79,11 +79,11 @@ fn values_that_do_not_parse_name_the_key() {
 #[test]
 fn values_that_do_not_fit_together_name_the_key() {
     let mut c = BrokerConfig::default();
-    c.delivery.ack_deadline_ms = 0;
+    c.delivery.ack_deadline = Duration::from_millis(0);
     let e = c.validate().unwrap_err().to_string();
     assert!(e.contains("delivery.ack_deadline"), "{e}");
     let mut c = BrokerConfig::default();
-    c.delivery.idle_timeout_ms = c.delivery.heartbeat_interval_ms;
+    c.delivery.idle_timeout = c.delivery.heartbeat_interval;
     let e = c.validate().unwrap_err().to_string();
     assert!(e.contains("delivery.idle_timeout"), "{e}");
     let mut c = BrokerConfig::default();

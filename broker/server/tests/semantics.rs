@@ -209,8 +209,8 @@ async fn fan_out_every_group_receives_every_event() {
 async fn competing_consumers_share_the_work_without_overlap() {
     // No redelivery on a deadline may blur "exactly once per event" here.
     let mut e = env(|c| {
-        c.delivery.ack_deadline_ms = 60_000;
-        c.delivery.idle_timeout_ms = 60_000;
+        c.delivery.ack_deadline = Duration::from_millis(60_000);
+        c.delivery.idle_timeout = Duration::from_millis(60_000);
     })
     .await;
     create_topic(&mut e.c, "work").await;
@@ -280,7 +280,7 @@ async fn competing_consumers_share_the_work_without_overlap() {
 /// 3a. An event not acked within the ack deadline comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redelivery_after_the_ack_deadline() {
-    let mut e = env(|c| c.delivery.ack_deadline_ms = 1_000).await;
+    let mut e = env(|c| c.delivery.ack_deadline = Duration::from_millis(1_000)).await;
     create_topic(&mut e.c, "t").await;
     let mut s = Sub::open(&mut e.c, "t", "g", 10).await;
     // Measured from before the publish: the first delivery (and so its
@@ -353,10 +353,10 @@ async fn redelivery_after_a_nack_delay() {
 async fn redelivery_backoff_grows_with_each_nack() {
     const MIN: u64 = 150;
     let mut e = env(|c| {
-        c.delivery.min_backoff_ms = MIN;
-        c.delivery.max_backoff_ms = 60_000;
-        c.delivery.ack_deadline_ms = 30_000;
-        c.delivery.idle_timeout_ms = 30_000;
+        c.delivery.min_backoff = Duration::from_millis(MIN);
+        c.delivery.max_backoff = Duration::from_millis(60_000);
+        c.delivery.ack_deadline = Duration::from_millis(30_000);
+        c.delivery.idle_timeout = Duration::from_millis(30_000);
     })
     .await;
     create_topic_with_attempts(&mut e.c, "t", 10).await;
@@ -396,8 +396,8 @@ async fn redelivery_backoff_grows_with_each_nack() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_list_redrive_to_one_group_and_purge() {
     let mut e = env(|c| {
-        c.delivery.ack_deadline_ms = 30_000;
-        c.delivery.idle_timeout_ms = 30_000;
+        c.delivery.ack_deadline = Duration::from_millis(30_000);
+        c.delivery.idle_timeout = Duration::from_millis(30_000);
     })
     .await;
     create_topic_with_attempts(&mut e.c, "jobs", 2).await;
@@ -537,8 +537,8 @@ async fn dead_letters_list_redrive_to_one_group_and_purge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_event_that_fails_again_is_dead_lettered_again() {
     let mut e = env(|c| {
-        c.delivery.ack_deadline_ms = 30_000;
-        c.delivery.idle_timeout_ms = 30_000;
+        c.delivery.ack_deadline = Duration::from_millis(30_000);
+        c.delivery.idle_timeout = Duration::from_millis(30_000);
     })
     .await;
     create_topic_with_attempts(&mut e.c, "jobs", 1).await;
@@ -677,8 +677,8 @@ async fn dedupe_returns_the_original_offset_and_delivers_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_key_order_holds_under_redelivery() {
     let mut e = env(|c| {
-        c.delivery.ack_deadline_ms = 30_000;
-        c.delivery.idle_timeout_ms = 30_000;
+        c.delivery.ack_deadline = Duration::from_millis(30_000);
+        c.delivery.idle_timeout = Duration::from_millis(30_000);
     })
     .await;
     create_topic_with_attempts(&mut e.c, "t", 20).await;
@@ -764,8 +764,8 @@ async fn stalled_subscriber_holds_bounded_in_flight_and_buffer() {
     let mut e = env(|c| {
         c.limits.group_window = WINDOW;
         c.limits.max_credit = 50;
-        c.delivery.ack_deadline_ms = 60_000;
-        c.delivery.idle_timeout_ms = 120_000;
+        c.delivery.ack_deadline = Duration::from_millis(60_000);
+        c.delivery.idle_timeout = Duration::from_millis(120_000);
     })
     .await;
     create_topic(&mut e.c, "big").await;
@@ -812,8 +812,8 @@ async fn stalled_subscriber_holds_bounded_in_flight_and_buffer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnected_members_events_go_to_another_member_at_once() {
     let mut e = env(|c| {
-        c.delivery.ack_deadline_ms = 60_000;
-        c.delivery.idle_timeout_ms = 120_000;
+        c.delivery.ack_deadline = Duration::from_millis(60_000);
+        c.delivery.idle_timeout = Duration::from_millis(120_000);
     })
     .await;
     create_topic(&mut e.c, "t").await;
@@ -850,8 +850,8 @@ async fn disconnected_members_events_go_to_another_member_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seek_dry_run_matches_what_is_redelivered() {
     let mut e = env(|c| {
-        c.delivery.ack_deadline_ms = 30_000;
-        c.delivery.idle_timeout_ms = 30_000;
+        c.delivery.ack_deadline = Duration::from_millis(30_000);
+        c.delivery.idle_timeout = Duration::from_millis(30_000);
     })
     .await;
     create_topic(&mut e.c, "t").await;
@@ -919,9 +919,9 @@ async fn seek_dry_run_matches_what_is_redelivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caught_up_after_the_backlog_and_periodic_lag() {
     let mut e = env(|c| {
-        c.delivery.lag_report_interval_ms = 200;
-        c.delivery.ack_deadline_ms = 30_000;
-        c.delivery.idle_timeout_ms = 30_000;
+        c.delivery.lag_report_interval = Duration::from_millis(200);
+        c.delivery.ack_deadline = Duration::from_millis(30_000);
+        c.delivery.idle_timeout = Duration::from_millis(30_000);
     })
     .await;
     create_topic(&mut e.c, "t").await;
@@ -1000,8 +1000,8 @@ async fn caught_up_after_the_backlog_and_periodic_lag() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caught_up_waits_for_events_held_behind_their_key() {
     let mut e = env(|c| {
-        c.delivery.ack_deadline_ms = 30_000;
-        c.delivery.idle_timeout_ms = 30_000;
+        c.delivery.ack_deadline = Duration::from_millis(30_000);
+        c.delivery.idle_timeout = Duration::from_millis(30_000);
     })
     .await;
     create_topic(&mut e.c, "t").await;
@@ -1049,9 +1049,9 @@ async fn committed_progress_survives_consumer_and_broker_restarts() {
     // A long commit interval: what is durable at a clean stop is what the
     // broker commits when members leave and at shutdown.
     let tweak = |c: &mut BrokerConfig| {
-        c.delivery.commit_interval_ms = 60_000;
-        c.delivery.ack_deadline_ms = 30_000;
-        c.delivery.idle_timeout_ms = 30_000;
+        c.delivery.commit_interval = Duration::from_millis(60_000);
+        c.delivery.ack_deadline = Duration::from_millis(30_000);
+        c.delivery.idle_timeout = Duration::from_millis(30_000);
     };
     let b = TestBroker::start(dir.path(), tweak).await;
     let mut c = b.client().await;

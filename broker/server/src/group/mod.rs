@@ -30,7 +30,7 @@
 //!   event before it is delivered, nothing from it on, each member is told
 //!   once, and nothing is read again until a seek moves the group.
 //! - **Position.** The committed offset is the lowest offset not yet done.
-//!   It is written to storage every `commit_interval_ms` when it moved, when
+//!   It is written to storage every `delivery.commit_interval` when it moved, when
 //!   the last member leaves and at shutdown. After a crash, events acked
 //!   since the last commit are delivered again (at-least-once).
 

@@ -227,6 +227,18 @@ impl GroupStore for LogStore {
     }
 
     async fn age_at(&self, offset: u64) -> Duration {
-        crate::metrics::age_at(&*self.storage, &self.topic, offset).await
+        age_at(&*self.storage, &self.topic, offset).await
+    }
+}
+
+/// How long ago the event at `offset` of `topic` was published (zero if
+/// there is none, or it cannot be read). Also used for the lag of groups
+/// that have no running actor (`upkeep::refresh_loop`).
+pub async fn age_at(storage: &dyn Storage, topic: &str, offset: u64) -> Duration {
+    match storage.read(topic, offset, 1, 1 << 20).await {
+        Ok(r) => r.first().map_or(Duration::ZERO, |r| {
+            Duration::from_micros((mesh_log::now_us() - r.timestamp_us).max(0) as u64)
+        }),
+        Err(_) => Duration::ZERO,
     }
 }

@@ -175,7 +175,7 @@ impl GroupWindow {
             dead_lettered: 0,
             caught_up_sent: false,
             blocked: None,
-            next_lag: now + BrokerConfig::ms(cfg.delivery.lag_report_interval_ms),
+            next_lag: now + cfg.delivery.lag_report_interval,
             head,
             metrics,
             effects: Vec::new(),
@@ -429,7 +429,7 @@ impl GroupWindow {
                 // Keep the event; try the dead-letter append again later.
                 tracing::error!(topic = %self.topic, group = %self.group, offset = off, error = %e, "dead-lettering failed; will retry");
                 if let Some(entry) = self.pending.get_mut(&off) {
-                    let at = now + BrokerConfig::ms(self.cfg.delivery.max_backoff_ms);
+                    let at = now + self.cfg.delivery.max_backoff;
                     entry.attempt = self.max_attempts.saturating_sub(1);
                     entry.state = State::Delayed(at);
                     self.delayed.insert((at, off));
@@ -464,13 +464,8 @@ impl GroupWindow {
 }
 
 /// How long a redelivery waits after delivery `attempt`: doubling from
-/// `min_backoff_ms`, at most `max_backoff_ms`.
+/// `delivery.min_backoff`, at most `delivery.max_backoff`.
 fn backoff(cfg: &BrokerConfig, attempt: u32) -> Duration {
     let d = &cfg.delivery;
-    let exp = attempt.saturating_sub(1).min(30);
-    let ms = d
-        .min_backoff_ms
-        .saturating_mul(1u64 << exp)
-        .min(d.max_backoff_ms);
-    Duration::from_millis(ms)
+    mesh_runtime::backoff::exponential(d.min_backoff, d.max_backoff, attempt)
 }

@@ -40,13 +40,13 @@ pub fn test_config(dir: &Path) -> BrokerConfig {
         data_dir: dir.to_path_buf(),
         ..BrokerConfig::default()
     };
-    c.delivery.ack_deadline_ms = 1_000;
-    c.delivery.min_backoff_ms = 50;
-    c.delivery.max_backoff_ms = 2_000;
-    c.delivery.heartbeat_interval_ms = 500;
-    c.delivery.idle_timeout_ms = 3_000;
-    c.delivery.lag_report_interval_ms = 200;
-    c.delivery.commit_interval_ms = 20;
+    c.delivery.ack_deadline = Duration::from_millis(1_000);
+    c.delivery.min_backoff = Duration::from_millis(50);
+    c.delivery.max_backoff = Duration::from_millis(2_000);
+    c.delivery.heartbeat_interval = Duration::from_millis(500);
+    c.delivery.idle_timeout = Duration::from_millis(3_000);
+    c.delivery.lag_report_interval = Duration::from_millis(200);
+    c.delivery.commit_interval = Duration::from_millis(20);
     c.drain_deadline = std::time::Duration::from_secs(3);
     c
 }
@@ -55,8 +55,8 @@ pub fn test_config(dir: &Path) -> BrokerConfig {
 /// idle timeout can expire while a slow machine runs the test, so nothing
 /// is redelivered and no member dropped behind the test's back.
 pub fn no_deadlines(c: &mut BrokerConfig) {
-    c.delivery.ack_deadline_ms = 60_000;
-    c.delivery.idle_timeout_ms = 120_000;
+    c.delivery.ack_deadline = Duration::from_millis(60_000);
+    c.delivery.idle_timeout = Duration::from_millis(120_000);
 }
 
 /// A port for a child process to listen on. Not from `bind(0)`: a port the

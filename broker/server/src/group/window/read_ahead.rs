@@ -9,7 +9,6 @@ use super::{
     entry::{Blocked, Entry, State},
 };
 use crate::{
-    config::BrokerConfig,
     error::BrokerError,
     group::{
         Outbound,
@@ -136,7 +135,7 @@ impl GroupWindow {
 
     /// Hands ready events to members with credit, round-robin.
     pub fn pump(&mut self, now: Instant, now_us: i64) {
-        let deadline = now + BrokerConfig::ms(self.cfg.delivery.ack_deadline_ms);
+        let deadline = now + self.cfg.delivery.ack_deadline;
         while !self.ready.is_empty() {
             let ids: Vec<u64> = self
                 .members

@@ -20,11 +20,11 @@ pub fn test_cfg() -> Arc<BrokerConfig> {
     let mut c = BrokerConfig::default();
     c.limits.group_window = 6;
     c.limits.max_credit = 5;
-    c.delivery.ack_deadline_ms = 500;
-    c.delivery.min_backoff_ms = 10;
-    c.delivery.max_backoff_ms = 100;
-    c.delivery.commit_interval_ms = 50;
-    c.delivery.lag_report_interval_ms = 1_000;
+    c.delivery.ack_deadline = Duration::from_millis(500);
+    c.delivery.min_backoff = Duration::from_millis(10);
+    c.delivery.max_backoff = Duration::from_millis(100);
+    c.delivery.commit_interval = Duration::from_millis(50);
+    c.delivery.lag_report_interval = Duration::from_millis(1_000);
     Arc::new(c)
 }
 
@@ -134,7 +134,7 @@ fn a_nack_redelivers_after_backoff_then_dead_letters_after_the_last_attempt() {
     w.pump(t0, 7);
     w.take_effects();
     w.nack(a, vec![0], Duration::ZERO, "bad", t0);
-    // min_backoff_ms = 10 after the first attempt.
+    // min_backoff = 10 ms after the first attempt.
     assert_eq!(w.next_wake(), t0 + Duration::from_millis(10));
     w.on_timers(t0 + Duration::from_millis(9), 0, || 0);
     w.pump(t0 + Duration::from_millis(9), 0);

@@ -8,7 +8,6 @@ use tokio::time::Instant;
 
 use super::{Effect, GroupWindow, entry::State};
 use crate::{
-    config::BrokerConfig,
     convert,
     error::Result,
     group::{Outbound, SeekOutcome, Snapshot, member_id},
@@ -79,7 +78,7 @@ impl GroupWindow {
         if now < self.next_lag {
             return None;
         }
-        self.next_lag = now + BrokerConfig::ms(self.cfg.delivery.lag_report_interval_ms);
+        self.next_lag = now + self.cfg.delivery.lag_report_interval;
         let lag = self.lag(now_us, earliest());
         for &id in self.members.keys() {
             self.effects.push(Effect::Send(id, Outbound::Lag(lag)));
@@ -122,7 +121,7 @@ impl GroupWindow {
             return Some(self.last_commit);
         }
         let moved = self.committed.is_some_and(|c| self.position() > c);
-        moved.then(|| self.last_commit + BrokerConfig::ms(self.cfg.delivery.commit_interval_ms))
+        moved.then(|| self.last_commit + self.cfg.delivery.commit_interval)
     }
 
     /// The position to commit now, if one is due (`force`: at shutdown).
@@ -133,7 +132,7 @@ impl GroupWindow {
         }
         let force = force || std::mem::take(&mut self.commit_now);
         let committed = self.committed?;
-        let interval = BrokerConfig::ms(self.cfg.delivery.commit_interval_ms);
+        let interval = self.cfg.delivery.commit_interval;
         if !force && now < self.last_commit + interval {
             return None;
         }
