@@ -2,6 +2,7 @@
 //! disk probe and page-cache eviction.
 
 use std::{
+    ffi::OsStr,
     fs,
     os::{fd::AsRawFd, unix::fs::FileExt},
     path::{Path, PathBuf},
@@ -21,10 +22,18 @@ pub struct RunDir(
 );
 
 impl RunDir {
+    /// `<base>/<program>-<pid>-<n>-<label>`, where `<program>` is the
+    /// running binary's name (`log-bench`, `broker-bench`), so leftovers of
+    /// a killed run say whose they are.
     pub fn new(base: &Path, label: &str) -> std::io::Result<Self> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let path = base.join(format!("log-bench-{}-{n}-{label}", std::process::id()));
+        let argv0 = std::env::args_os().next().unwrap_or_default();
+        let program = Path::new(&argv0)
+            .file_name()
+            .and_then(OsStr::to_str)
+            .unwrap_or("mesh-bench");
+        let path = base.join(format!("{program}-{}-{n}-{label}", std::process::id()));
         if path.exists() {
             fs::remove_dir_all(&path)?;
         }
@@ -32,6 +41,7 @@ impl RunDir {
         Ok(RunDir(path))
     }
 
+    /// The topic directory of a `TopicLog` in this run directory.
     pub fn topic(&self) -> PathBuf {
         self.0.join(TOPIC)
     }
@@ -43,6 +53,8 @@ impl Drop for RunDir {
     }
 }
 
+/// [`PAYLOAD`] bytes of record payload (log-bench) or event data
+/// (broker-bench).
 pub fn payload() -> Bytes {
     // Not all zeroes, not compressible; the content does not matter to the
     // log, but it keeps any transparent compression out of the picture.
@@ -95,4 +107,25 @@ pub fn evict(dir: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_dirs_are_fresh_and_removed_and_the_probe_syncs() {
+        let base = std::env::temp_dir();
+        let a = RunDir::new(&base, "t").unwrap();
+        let b = RunDir::new(&base, "t").unwrap();
+        assert_ne!(a.0, b.0);
+        assert!(a.0.is_dir() && fs::read_dir(&a.0).unwrap().next().is_none());
+        let path = a.0.clone();
+        drop(a);
+        assert!(!path.exists());
+        assert_eq!(payload().len(), PAYLOAD);
+        assert!(raw_sync_probe(&base, Duration::from_millis(20)).unwrap().0 > 0.0);
+        fs::write(b.0.join("f"), b"x").unwrap();
+        evict(&b.0).unwrap();
+    }
 }

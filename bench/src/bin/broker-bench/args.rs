@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
+use mesh_bench::args::{positive, positive_f64};
 
 /// The broker measured end to end over gRPC. Prints a markdown report on
 /// stdout and progress on stderr.
@@ -147,26 +148,6 @@ impl Cli {
                 self.only
             },
         }
-    }
-}
-
-/// A number of seconds: finite and above zero.
-fn positive_f64(v: &str) -> Result<f64, String> {
-    let x: f64 = v.parse().map_err(|_| format!("not a number: {v}"))?;
-    if x.is_finite() && x > 0.0 {
-        Ok(x)
-    } else {
-        Err("must be positive".to_string())
-    }
-}
-
-/// A count above zero.
-fn positive<T: std::str::FromStr + Default + PartialEq>(v: &str) -> Result<T, String> {
-    let x: T = v.parse().map_err(|_| format!("not a number: {v}"))?;
-    if x == T::default() {
-        Err("must be positive".to_string())
-    } else {
-        Ok(x)
     }
 }
 

@@ -14,13 +14,16 @@ use mesh_log::{AppendRecord, LocalStorage, Storage, TopicConfig};
 use prost::Message;
 use tokio::{runtime::Runtime, sync::Semaphore};
 
+use mesh_bench::{
+    TOPIC,
+    disk::{RunDir, payload},
+};
+
 use crate::{
-    Res, TOPIC,
+    Res,
     args::Args,
     broker::{broker_config, on_clients},
     cpu::{Cpu, cpu_now},
-    data,
-    disk::RunDir,
     err, event,
     publish::Shape,
     stats::Run,
@@ -29,7 +32,7 @@ use crate::{
 /// The broker's storage without gRPC: the same encoded events (with ids)
 /// submitted with the same pipelining as a Publish stream.
 pub fn baseline_run(rt: &Runtime, args: &Args, shape: Shape) -> Res<Run> {
-    let dir = RunDir::new(&args.dir, "baseline")?;
+    let dir = RunDir::new(&args.dir, "baseline").map_err(err)?;
     let cfg = broker_config(args, dir.0.clone());
     let storage: Arc<dyn Storage> =
         Arc::new(LocalStorage::open(&dir.0, cfg.log_config()).map_err(err)?);
@@ -49,7 +52,7 @@ pub fn baseline_run(rt: &Runtime, args: &Args, shape: Shape) -> Res<Run> {
             let (st, claimed) = (st.clone(), claimed.clone());
             let reqs = shape.requests_per_stream();
             tasks.push(tokio::spawn(async move {
-                let data = data();
+                let data = payload();
                 let permits = Arc::new(Semaphore::new(reqs));
                 let mut seq = 0u64;
                 let mut acks = Vec::new();

@@ -11,10 +11,11 @@ use mesh_proto::broker::v1::{self as pb, broker_client::BrokerClient};
 use tokio::{runtime::Runtime, sync::oneshot};
 use tonic::transport::{Channel, Endpoint};
 
+use mesh_bench::disk::RunDir;
+
 use crate::{
     Res,
     args::{Args, Fsync},
-    disk::RunDir,
     err,
 };
 
@@ -62,7 +63,7 @@ pub struct RunningBroker {
 
 impl RunningBroker {
     pub fn start(rt: &Runtime, args: &Args, label: &str) -> Res<Self> {
-        let dir = RunDir::new(&args.dir, label)?;
+        let dir = RunDir::new(&args.dir, label).map_err(err)?;
         let cfg = broker_config(args, dir.0.clone());
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))

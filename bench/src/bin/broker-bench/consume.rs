@@ -16,8 +16,10 @@ use mesh_proto::broker::v1::{
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
+use mesh_bench::TOPIC;
+
 use crate::{
-    Res, TOPIC,
+    Res,
     broker::connect,
     cpu::{Cpu, cpu_now},
     err,

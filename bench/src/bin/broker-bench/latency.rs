@@ -19,12 +19,17 @@ use mesh_proto::broker::v1::{self as pb, subscribe_response::Response};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use mesh_bench::{
+    TOPIC,
+    disk::payload,
+    stats::{Percentiles, histogram},
+};
+
 use crate::{
-    Res, TOPIC,
+    Res,
     broker::connect,
     consume::{ack, open_member},
-    data, err, event, nanos_since,
-    stats::{Percentiles, histogram},
+    err, event, nanos_since,
 };
 
 /// What one latency run measured.
@@ -58,7 +63,7 @@ fn pace(
     (rate, want, limit): (u64, u64, Duration),
     due_at: &[AtomicU64],
 ) -> Res<u64> {
-    let mut payload = data().to_vec();
+    let mut payload = payload().to_vec();
     let stop = start + limit + Duration::from_secs(1);
     let mut sent = 0u64;
     let mut tick = 1u64;

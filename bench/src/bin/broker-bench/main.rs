@@ -1,7 +1,7 @@
 //! `broker-bench`: the broker measured end to end over gRPC.
 //!
 //! ```text
-//! cargo run --release -p broker --bin broker-bench -- [--quick] [--dir PATH]
+//! cargo run --release -p mesh-bench --bin broker-bench -- [--quick] [--dir PATH]
 //!     [--fsync always|interval] [--rounds N] [--seconds N] [--events N]
 //!     [--prefill N] [--consume-seconds N] [--rate N] [--latency-seconds N]
 //!     [--only publish,unary,baseline,consume,latency]
@@ -38,14 +38,14 @@
 //! starts with a raw fdatasync probe) and ratios are taken within a round.
 //!
 //! Output is a markdown report on stdout (`report.rs`); progress goes to
-//! stderr.
+//! stderr. Run directories, the event data, the raw disk probe and the
+//! percentiles come from the mesh-bench library, shared with log-bench.
 
 mod args;
 mod baseline;
 mod broker;
 mod consume;
 mod cpu;
-mod disk;
 mod latency;
 mod publish;
 mod report;
@@ -60,26 +60,10 @@ use mesh_proto::events::v1::Event;
 
 use crate::args::Args;
 
-const PAYLOAD: usize = 1024;
-const TOPIC: &str = "bench";
 type Res<T> = Result<T, String>;
 
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
-}
-
-fn data() -> Bytes {
-    // Not compressible, like the log benchmark's payload.
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..PAYLOAD)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
 }
 
 fn event(id: String, data: Bytes) -> Event {
@@ -113,12 +97,13 @@ fn main() {
 mod tests {
     use std::time::Duration;
 
+    use mesh_bench::{TOPIC, disk::raw_sync_probe};
+
     use super::*;
     use crate::{
         baseline::baseline_run,
         broker::{RunningBroker, create_topic, on_clients, runtime},
         consume::consume_run,
-        disk::raw_sync_probe,
         latency::latency_run,
         publish::{Shape, publish_run},
         unary::unary_run,

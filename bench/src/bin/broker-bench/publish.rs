@@ -15,12 +15,17 @@ use mesh_proto::broker::v1 as pb;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
+use mesh_bench::{
+    disk::payload,
+    stats::{Percentiles, histogram},
+};
+
 use crate::{
     Res,
     broker::connect,
     cpu::{Cpu, cpu_now},
-    data, err, event, nanos_since,
-    stats::{Percentiles, Run, histogram},
+    err, event, nanos_since,
+    stats::Run,
 };
 
 /// The load shape of a publish (or storage-only) run.
@@ -75,7 +80,7 @@ async fn publish_stream(
     let sender = {
         let (permits, sent_at) = (permits.clone(), sent_at.clone());
         tokio::spawn(async move {
-            let data = data();
+            let data = payload();
             let mut seq = 0u64;
             loop {
                 let p = permits.acquire().await.map_err(err)?;

@@ -2,11 +2,13 @@
 
 use std::fmt::Write as _;
 
+use mesh_bench::stats::fmt_list;
+
 use crate::{
     args::Args,
     publish::Shape,
     rounds::Results,
-    stats::{Run, fmt_list, ms, ratios, summarize},
+    stats::{Run, ms, ratios, summarize},
 };
 
 pub fn write(args: &Args, r: &Results) -> String {

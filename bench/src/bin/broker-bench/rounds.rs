@@ -3,13 +3,15 @@
 
 use std::time::Duration;
 
+use mesh_bench::{TOPIC, disk::raw_sync_probe};
+
 use crate::{
-    Res, TOPIC,
+    Res,
     args::{Args, Part},
     baseline::baseline_run,
     broker::{RunningBroker, create_topic, on_clients, runtime},
     consume::consume_run,
-    disk::raw_sync_probe,
+    err,
     latency::{Latency, latency_run},
     publish::{Shape, publish_run},
     stats::Run,
@@ -87,7 +89,8 @@ pub fn run(args: &Args) -> Res<Results> {
     };
 
     for round in 1..=args.rounds {
-        let probe = raw_sync_probe(&args.dir, Duration::from_secs_f64(args.probe_seconds))?;
+        let probe =
+            raw_sync_probe(&args.dir, Duration::from_secs_f64(args.probe_seconds)).map_err(err)?;
         eprintln!(
             "round {round} raw probe: {:.0} fdatasync/s of 272 KiB, {:.0} MB/s",
             probe.0, probe.1

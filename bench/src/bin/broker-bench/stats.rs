@@ -1,50 +1,12 @@
-//! What a run measured, latency percentiles, and the number formats of
-//! the report.
+//! What a run measured, and the report's summaries of runs; percentiles,
+//! `median` and `fmt_list` are the mesh-bench library's.
 
-use hdrhistogram::Histogram;
+use mesh_bench::{
+    PAYLOAD,
+    stats::{Percentiles, fmt_list, median},
+};
 
-use crate::{PAYLOAD, cpu::Cpu};
-
-/// An empty latency histogram in microseconds: 3 significant digits, up
-/// to an hour (larger samples count as an hour with `saturating_record`).
-pub fn histogram() -> Histogram<u64> {
-    Histogram::new_with_max(3_600_000_000, 3).expect("constant bounds are valid")
-}
-
-/// Latency percentiles of one run, in microseconds.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Percentiles {
-    /// Median.
-    pub p50: u64,
-    /// 99th percentile.
-    pub p99: u64,
-    /// 99.9th percentile (progress output only; the tables keep their columns).
-    pub p999: u64,
-    /// Largest sample.
-    pub max: u64,
-}
-
-impl Percentiles {
-    pub fn of(h: &Histogram<u64>) -> Percentiles {
-        if h.is_empty() {
-            return Percentiles::default();
-        }
-        Percentiles {
-            p50: h.value_at_quantile(0.50),
-            p99: h.value_at_quantile(0.99),
-            p999: h.value_at_quantile(0.999),
-            max: h.max(),
-        }
-    }
-
-    /// "p50 us p99 us p99.9 us max us", for the progress lines.
-    pub fn show_us(&self) -> String {
-        format!(
-            "p50 {} us p99 {} us p99.9 {} us max {} us",
-            self.p50, self.p99, self.p999, self.max
-        )
-    }
-}
+use crate::cpu::Cpu;
 
 /// One load run.
 #[derive(Clone, Debug, Default)]
@@ -80,19 +42,6 @@ pub fn summarize(runs: &[Run]) -> (Run, Vec<f64>) {
 pub fn ratios(a: &[Run], b: &[Run]) -> String {
     let v: Vec<f64> = a.iter().zip(b).map(|(x, y)| x.rate() / y.rate()).collect();
     format!("{} (median {:.2})", fmt_list(&v, 2), median(&v))
-}
-
-pub fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[s.len() / 2]
-}
-
-pub fn fmt_list(v: &[f64], prec: usize) -> String {
-    v.iter()
-        .map(|x| format!("{x:.prec$}"))
-        .collect::<Vec<_>>()
-        .join(" / ")
 }
 
 /// Microseconds as milliseconds with two decimals.

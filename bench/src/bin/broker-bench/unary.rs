@@ -7,18 +7,24 @@ use std::{
 
 use mesh_proto::broker::v1 as pb;
 
+use mesh_bench::{
+    TOPIC,
+    disk::payload,
+    stats::{Percentiles, histogram},
+};
+
 use crate::{
-    Res, TOPIC,
+    Res,
     broker::connect,
     cpu::{Cpu, cpu_now},
-    data, err, event,
-    stats::{Percentiles, Run, histogram},
+    err, event,
+    stats::Run,
 };
 
 /// PublishUnary, one event per call, sequentially.
 pub async fn unary_run(addr: SocketAddr, max_events: u64, limit: Duration) -> Res<Run> {
     let mut c = connect(addr).await?;
-    let data = data();
+    let data = payload();
     let cpu0 = cpu_now();
     let start = Instant::now();
     let mut lat = histogram();

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
+use mesh_bench::args::{positive, positive_f64};
 use mesh_log::FsyncPolicy;
 
 use crate::INTERVAL;
@@ -131,26 +132,6 @@ impl Cli {
             throughput: !self.no_throughput,
             recovery: !self.no_recovery,
         }
-    }
-}
-
-/// A number of seconds: finite and above zero.
-fn positive_f64(v: &str) -> Result<f64, String> {
-    let x: f64 = v.parse().map_err(|_| format!("not a number: {v}"))?;
-    if x.is_finite() && x > 0.0 {
-        Ok(x)
-    } else {
-        Err("must be positive".to_string())
-    }
-}
-
-/// A count above zero.
-fn positive<T: std::str::FromStr + Default + PartialEq>(v: &str) -> Result<T, String> {
-    let x: T = v.parse().map_err(|_| format!("not a number: {v}"))?;
-    if x == T::default() {
-        Err("must be positive".to_string())
-    } else {
-        Ok(x)
     }
 }
 

@@ -1,7 +1,7 @@
 //! `log-bench`: append throughput and recovery time of mesh-log.
 //!
 //! ```text
-//! cargo run --release -p mesh-log --bin log-bench -- [--quick] [--dir PATH]
+//! cargo run --release -p mesh-bench --bin log-bench -- [--quick] [--dir PATH]
 //!     [--seconds N] [--records N] [--rounds N] [--appenders 1,16,256]
 //!     [--fsync always|interval|both] [--recovery-mib N] [--small-mib N]
 //!     [--no-throughput] [--no-recovery]
@@ -29,22 +29,21 @@
 //! with the files in the page cache (a broker restart) and after evicting
 //! them with `posix_fadvise(DONTNEED)` (closer to a machine restart).
 //!
-//! Output is a markdown report on stdout; progress goes to stderr.
+//! Output is a markdown report on stdout; progress goes to stderr. Run
+//! directories, the payload, the raw disk probe and the percentiles come
+//! from the mesh-bench library, shared with broker-bench.
 
 mod args;
-mod disk;
 mod recovery;
-mod report;
 mod throughput;
 
 use std::{fmt::Write as _, sync::Arc, time::Duration};
 
+use mesh_bench::PAYLOAD;
 use mesh_log::{FsyncPolicy, LogConfig, record};
 
 use crate::args::Args;
 
-const PAYLOAD: usize = 1024;
-const TOPIC: &str = "bench";
 const INTERVAL: FsyncPolicy = FsyncPolicy::Interval(Duration::from_millis(100));
 
 fn config(fsync: FsyncPolicy) -> Arc<LogConfig> {
@@ -52,6 +51,14 @@ fn config(fsync: FsyncPolicy) -> Arc<LogConfig> {
         fsync,
         ..LogConfig::default()
     })
+}
+
+/// How the report names a policy.
+fn policy_name(p: FsyncPolicy) -> String {
+    match p {
+        FsyncPolicy::Always => "always".to_string(),
+        FsyncPolicy::Interval(d) => format!("interval {} ms", d.as_millis()),
+    }
 }
 
 fn main() {
@@ -124,7 +131,7 @@ mod tests {
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[1].records, rows[0].records + 1);
         assert!(
-            disk::raw_sync_probe(&base, Duration::from_millis(20))
+            mesh_bench::disk::raw_sync_probe(&base, Duration::from_millis(20))
                 .unwrap()
                 .0
                 > 0.0

@@ -14,13 +14,13 @@ use std::{
 use mesh_log::{AppendRecord, LogConfig, TopicConfig, TopicLog, record};
 use tokio::runtime::Runtime;
 
-use crate::{
-    INTERVAL, PAYLOAD, TOPIC,
-    args::Args,
-    config,
+use mesh_bench::{
+    PAYLOAD, TOPIC,
     disk::{RunDir, evict, payload},
-    report::{fmt_list, median},
+    stats::{fmt_list, median},
 };
+
+use crate::{INTERVAL, args::Args, config};
 
 /// One row of the recovery table.
 pub struct Recovery {

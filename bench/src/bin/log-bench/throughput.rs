@@ -14,13 +14,13 @@ use std::{
 use mesh_log::{AppendRecord, FsyncPolicy, TopicConfig, TopicLog};
 use tokio::runtime::Runtime;
 
-use crate::{
-    INTERVAL, PAYLOAD, TOPIC,
-    args::Args,
-    config,
+use mesh_bench::{
+    PAYLOAD, TOPIC,
     disk::{RunDir, payload, raw_sync_probe},
-    report::{Percentiles, fmt_list, median, policy_name},
+    stats::{Percentiles, fmt_list, histogram, median},
 };
+
+use crate::{INTERVAL, args::Args, config, policy_name};
 
 #[derive(Clone, Debug)]
 pub struct RunResult {
@@ -96,13 +96,17 @@ pub async fn throughput_run(
     let stats = log.stats();
     // On the block_on thread, not a runtime worker, so joining is fine.
     log.close();
+    let mut h = histogram();
+    for &v in &lat {
+        h.saturating_record(u64::from(v));
+    }
     heads.sort_unstable();
     heads.dedup();
     let rolls = stats.segments as u64 - 1;
     Ok(RunResult {
         records: lat.len() as u64,
         elapsed,
-        latency_us: Percentiles::of(lat.into_iter().map(u64::from)),
+        latency_us: Percentiles::of(&h),
         syncs: matches!(fsync, FsyncPolicy::Always).then_some(heads.len() as u64 + rolls),
         segments: stats.segments,
     })
