@@ -2,10 +2,7 @@
 //! Publish in the same disk state.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -17,15 +14,15 @@ use tokio::{runtime::Runtime, sync::Semaphore};
 use mesh_bench::{
     TOPIC,
     disk::{RunDir, payload},
+    stats::histogram,
 };
 
 use crate::{
     Res,
     args::Args,
     broker::{broker_config, on_clients},
-    cpu::{Cpu, cpu_now},
     err, event,
-    publish::Shape,
+    publish::{Shape, streams_run},
     stats::Run,
 };
 
@@ -43,68 +40,56 @@ pub fn baseline_run(rt: &Runtime, args: &Args, shape: Shape) -> Res<Run> {
         st.create_topic(TOPIC, TopicConfig::default())
             .await
             .map_err(err)?;
-        let claimed = Arc::new(AtomicU64::new(0));
-        let cpu0 = cpu_now();
-        let start = Instant::now();
-        let deadline = start + limit;
-        let mut tasks = Vec::new();
-        for s in 0..shape.streams {
-            let (st, claimed) = (st.clone(), claimed.clone());
-            let reqs = shape.requests_per_stream();
-            tasks.push(tokio::spawn(async move {
-                let data = payload();
-                let permits = Arc::new(Semaphore::new(reqs));
-                let mut seq = 0u64;
-                let mut acks = Vec::new();
-                loop {
-                    let p = permits.clone().acquire_owned().await.map_err(err)?;
-                    if Instant::now() >= deadline
-                        || claimed.fetch_add(shape.batch as u64, Ordering::Relaxed) >= max_events
-                    {
-                        break;
+        let reqs = shape.requests_per_stream();
+        streams_run(
+            "baseline",
+            shape.streams,
+            limit,
+            |s, claimed, start, deadline| {
+                let st = st.clone();
+                async move {
+                    let data = payload();
+                    let permits = Arc::new(Semaphore::new(reqs));
+                    let mut seq = 0u64;
+                    let mut acks = Vec::new();
+                    loop {
+                        let p = permits.clone().acquire_owned().await.map_err(err)?;
+                        if Instant::now() >= deadline
+                            || claimed.fetch_add(shape.batch as u64, Ordering::Relaxed)
+                                >= max_events
+                        {
+                            break;
+                        }
+                        let records = (0..shape.batch)
+                            .map(|i| {
+                                let ev = event(format!("base-s{s}-{seq}-{i}"), data.clone());
+                                AppendRecord {
+                                    id: Some(ev.id.clone()),
+                                    payload: Bytes::from(ev.encode_to_vec()),
+                                }
+                            })
+                            .collect();
+                        let pending = st.submit(TOPIC, records).await.map_err(err)?;
+                        acks.push(tokio::spawn(async move {
+                            let r = pending.await.map(|a| (a.len() as u64, Instant::now()));
+                            drop(p);
+                            r
+                        }));
+                        seq += 1;
                     }
-                    let records = (0..shape.batch)
-                        .map(|i| {
-                            let ev = event(format!("base-s{s}-{seq}-{i}"), data.clone());
-                            AppendRecord {
-                                id: Some(ev.id.clone()),
-                                payload: Bytes::from(ev.encode_to_vec()),
-                            }
-                        })
-                        .collect();
-                    let pending = st.submit(TOPIC, records).await.map_err(err)?;
-                    acks.push(tokio::spawn(async move {
-                        let r = pending.await.map(|a| (a.len() as u64, Instant::now()));
-                        drop(p);
-                        r
-                    }));
-                    seq += 1;
+                    let mut n = 0;
+                    let mut last = start;
+                    for a in acks {
+                        let (k, t) = a.await.map_err(err)?.map_err(err)?;
+                        n += k;
+                        last = last.max(t);
+                    }
+                    // No latency: the baseline row shows none.
+                    Ok((n, last, histogram()))
                 }
-                let mut n = 0;
-                let mut last = start;
-                for a in acks {
-                    let (k, t) = a.await.map_err(err)?.map_err(err)?;
-                    n += k;
-                    last = last.max(t);
-                }
-                Ok::<_, String>((n, last))
-            }));
-        }
-        let mut events = 0;
-        let mut last = start;
-        for t in tasks {
-            let (n, l) = t.await.map_err(err)??;
-            events += n;
-            last = last.max(l);
-        }
-        let secs = (last - start).as_secs_f64();
-        let cpu = cpu_now();
-        Ok(Run {
-            events,
-            secs,
-            cpu: Cpu::between(cpu0, cpu, secs),
-            ..Default::default()
-        })
+            },
+        )
+        .await
     })?;
     rt.block_on(storage.close());
     Ok(run)

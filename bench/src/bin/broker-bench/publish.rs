@@ -134,29 +134,54 @@ pub async fn publish_run(
 ) -> Res<Run> {
     static RUN: AtomicU64 = AtomicU64::new(0);
     let run = RUN.fetch_add(1, Ordering::Relaxed);
+    streams_run(
+        "publish",
+        shape.streams,
+        limit,
+        |s, claimed, _start, deadline| {
+            publish_stream(
+                addr,
+                topic.to_string(),
+                format!("r{run}-s{s}"),
+                (shape.batch, shape.requests_per_stream()),
+                claimed,
+                max_events,
+                deadline,
+            )
+        },
+    )
+    .await
+}
+
+/// What one load stream returns: events acknowledged, the time of its last
+/// answer, and its per-request ack latencies in us.
+pub type StreamResult = Res<(u64, Instant, Histogram<u64>)>;
+
+/// Spawns `streams` load streams (`stream(index, claimed, start,
+/// deadline)`) that share one counter of claimed events and a deadline
+/// `limit` from now, and joins them: the Run from the start to the last
+/// answer of any stream, over all their events, with the CPU split. Shared
+/// by Publish and the storage-only baseline; `what` names the run in the
+/// error of a stream that outlives its deadline by 30 s.
+pub async fn streams_run<F, Fut>(what: &str, streams: usize, limit: Duration, stream: F) -> Res<Run>
+where
+    F: Fn(usize, Arc<AtomicU64>, Instant, Instant) -> Fut,
+    Fut: Future<Output = StreamResult> + Send + 'static,
+{
     let claimed = Arc::new(AtomicU64::new(0));
     let cpu0 = cpu_now();
     let start = Instant::now();
     let deadline = start + limit;
-    let mut tasks = Vec::new();
-    for s in 0..shape.streams {
-        tasks.push(tokio::spawn(publish_stream(
-            addr,
-            topic.to_string(),
-            format!("r{run}-s{s}"),
-            (shape.batch, shape.requests_per_stream()),
-            claimed.clone(),
-            max_events,
-            deadline,
-        )));
-    }
+    let tasks: Vec<_> = (0..streams)
+        .map(|s| tokio::spawn(stream(s, claimed.clone(), start, deadline)))
+        .collect();
     let mut events = 0;
     let mut last = start;
     let mut lat = histogram();
     for t in tasks {
         let (n, l, h) = tokio::time::timeout(limit + Duration::from_secs(30), t)
             .await
-            .map_err(|_| "publish run did not finish in time".to_string())?
+            .map_err(|_| format!("{what} run did not finish in time"))?
             .map_err(err)??;
         events += n;
         last = last.max(l);

@@ -64,32 +64,11 @@ fn publish(out: &mut String, args: &Args, r: &Results) {
         if r.publish[i].is_empty() {
             continue;
         }
-        let (m, rates) = summarize(&r.publish[i]);
-        let _ = writeln!(
-            out,
-            "| Publish stream | {} | {} | {:.0} | {:.1} | {} | {} / {} | {} |",
-            s.label(),
-            s.streams * s.batch * s.requests_per_stream(),
-            m.rate(),
-            m.mb_s(),
-            fmt_list(&rates, 0),
-            ms(m.lat.p50),
-            ms(m.lat.p99),
-            m.cpu.show()
-        );
+        let in_flight = s.streams * s.batch * s.requests_per_stream();
+        grpc_row(out, "Publish stream", &s.label(), in_flight, &r.publish[i]);
     }
     if !r.unary.is_empty() {
-        let (m, rates) = summarize(&r.unary);
-        let _ = writeln!(
-            out,
-            "| PublishUnary, sequential | 1 × 1 × 1 | 1 | {:.0} | {:.1} | {} | {} / {} | {} |",
-            m.rate(),
-            m.mb_s(),
-            fmt_list(&rates, 0),
-            ms(m.lat.p50),
-            ms(m.lat.p99),
-            m.cpu.show()
-        );
+        grpc_row(out, "PublishUnary, sequential", "1 × 1 × 1", 1, &r.unary);
     }
     for (i, s) in r.baseline_shapes.iter().enumerate() {
         if r.baseline[i].is_empty() {
@@ -99,12 +78,10 @@ fn publish(out: &mut String, args: &Args, r: &Results) {
         let c = m.cpu.broker + m.cpu.client;
         let _ = writeln!(
             out,
-            "| storage only, no gRPC (baseline) | {} | {} | {:.0} | {:.1} | {} | | {c:.2} total |",
+            "| storage only, no gRPC (baseline) | {} | {} | {} | | {c:.2} total |",
             s.label(),
             s.streams * s.batch * s.requests_per_stream(),
-            m.rate(),
-            m.mb_s(),
-            fmt_list(&rates, 0),
+            rate_cells(&m, &rates),
         );
     }
     let _ = writeln!(out);
@@ -169,6 +146,26 @@ fn publish(out: &mut String, args: &Args, r: &Results) {
     let _ = writeln!(out);
 }
 
+/// The cells "events/s (median) | MB/s | per round, events/s" of every
+/// throughput table.
+fn rate_cells(m: &Run, rates: &[f64]) -> String {
+    format!("{:.0} | {:.1} | {}", m.rate(), m.mb_s(), fmt_list(rates, 0))
+}
+
+/// One gRPC row of the publish table: the median of `runs`, the per-round
+/// rates, ack latency and CPU.
+fn grpc_row(out: &mut String, api: &str, shape: &str, in_flight: usize, runs: &[Run]) {
+    let (m, rates) = summarize(runs);
+    let _ = writeln!(
+        out,
+        "| {api} | {shape} | {in_flight} | {} | {} / {} | {} |",
+        rate_cells(&m, &rates),
+        ms(m.lat.p50),
+        ms(m.lat.p99),
+        m.cpu.show()
+    );
+}
+
 fn consume(out: &mut String, args: &Args, r: &Results) {
     let (pm, _) = summarize(&r.prefill);
     let _ = writeln!(
@@ -192,11 +189,9 @@ fn consume(out: &mut String, args: &Args, r: &Results) {
         let (m, rates) = summarize(&r.consume[i]);
         let _ = writeln!(
             out,
-            "| {members} | {credit} | {} | {:.0} | {:.1} | {} | {} |",
+            "| {members} | {credit} | {} | {} | {} |",
             m.events,
-            m.rate(),
-            m.mb_s(),
-            fmt_list(&rates, 0),
+            rate_cells(&m, &rates),
             m.cpu.show()
         );
     }
