@@ -11,8 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 target=$(rustc -vV | sed -n 's/^host: //p')
 # Every binary of the workspace: no list to keep in step with compose, whose
-# entries pick one each by BIN.
-RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked --target "$target" --workspace --bins
+# entries pick one each by BIN. Except the benchmark tools (package
+# mesh-bench, bench/): no image runs them.
+RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked --target "$target" --workspace --exclude mesh-bench --bins
 rm -rf deploy/bin
 mkdir -p deploy/bin
 find "target/$target/release" -maxdepth 1 -type f -perm -u+x -exec cp {} deploy/bin/ \;

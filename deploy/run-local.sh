@@ -18,7 +18,7 @@ mbase=${MESH_METRICS_BASE_PORT:-9090}
 data=${MESH_DATA:-./data/local}
 bin=${MESH_BIN_DIR:-}
 if [ -z "$bin" ]; then
-  cargo build --release --workspace --bins
+  cargo build --release --workspace --exclude mesh-bench --bins  # not the benchmark tools
   bin=target/release
 fi
 mkdir -p "$data/logs"
