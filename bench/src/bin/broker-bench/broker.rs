@@ -11,7 +11,7 @@ use mesh_proto::broker::v1::{self as pb, broker_client::BrokerClient};
 use tokio::{runtime::Runtime, sync::oneshot};
 use tonic::transport::{Channel, Endpoint};
 
-use mesh_bench::disk::RunDir;
+use mesh_bench::{TOPIC, disk::RunDir};
 
 use crate::{
     Res,
@@ -126,6 +126,30 @@ pub async fn create_topic(addr: SocketAddr, topic: &str) -> Res<()> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// One scenario run against its own broker: a fresh broker on the broker
+/// runtime (`rts.0`), `TOPIC` created, `run(addr)` on the client runtime
+/// (`rts.1`), then a graceful stop.
+pub fn on_fresh_broker<T, F, Fut>(
+    (broker_rt, client_rt): (&Runtime, &Runtime),
+    args: &Args,
+    label: &str,
+    run: F,
+) -> Res<T>
+where
+    T: Send + 'static,
+    F: FnOnce(SocketAddr) -> Fut + Send + 'static,
+    Fut: Future<Output = Res<T>> + Send + 'static,
+{
+    let b = RunningBroker::start(broker_rt, args, label)?;
+    let addr = b.addr;
+    let out = on_clients(client_rt, async move {
+        create_topic(addr, TOPIC).await?;
+        run(addr).await
+    })?;
+    b.stop(broker_rt)?;
+    Ok(out)
 }
 
 /// Runs `f` on the client runtime (never on the main thread, so that all

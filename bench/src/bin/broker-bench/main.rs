@@ -102,7 +102,7 @@ mod tests {
     use super::*;
     use crate::{
         baseline::baseline_run,
-        broker::{RunningBroker, create_topic, on_clients, runtime},
+        broker::{RunningBroker, create_topic, on_clients, on_fresh_broker, runtime},
         consume::consume_run,
         latency::latency_run,
         publish::{Shape, publish_run},
@@ -144,14 +144,10 @@ mod tests {
         };
         assert_eq!(baseline_run(&client_rt, &args, shape).unwrap().events, 300);
 
-        let b = RunningBroker::start(&broker_rt, &args, "test").unwrap();
-        let addr = b.addr;
-        let l = on_clients(&client_rt, async move {
-            create_topic(addr, TOPIC).await?;
-            latency_run(addr, 1000, 0.2).await
+        let l = on_fresh_broker((&broker_rt, &client_rt), &args, "test", |addr| {
+            latency_run(addr, 1000, 0.2)
         })
         .unwrap();
-        b.stop(&broker_rt).unwrap();
         assert_eq!((l.sent, l.delivered), (200, 200));
         assert!(l.e2e.p50 > 0 && l.e2e.p50 <= l.e2e.max);
         assert!(

@@ -9,7 +9,7 @@ use crate::{
     Res,
     args::{Args, Part},
     baseline::baseline_run,
-    broker::{RunningBroker, create_topic, on_clients, runtime},
+    broker::{RunningBroker, create_topic, on_clients, on_fresh_broker, runtime},
     consume::consume_run,
     err,
     latency::{Latency, latency_run},
@@ -88,6 +88,7 @@ pub fn run(args: &Args) -> Res<Results> {
         latency: Vec::new(),
     };
 
+    let rts = (&broker_rt, &client_rt);
     for round in 1..=args.rounds {
         let probe =
             raw_sync_probe(&args.dir, Duration::from_secs_f64(args.probe_seconds)).map_err(err)?;
@@ -99,14 +100,10 @@ pub fn run(args: &Args) -> Res<Results> {
 
         if args.runs(Part::Publish) {
             for (i, &shape) in r.publish_shapes.iter().enumerate() {
-                let b = RunningBroker::start(&broker_rt, args, "publish")?;
-                let addr = b.addr;
                 let max = args.events;
-                let run = on_clients(&client_rt, async move {
-                    create_topic(addr, TOPIC).await?;
-                    publish_run(addr, TOPIC, shape, max, limit).await
+                let run = on_fresh_broker(rts, args, "publish", move |addr| {
+                    publish_run(addr, TOPIC, shape, max, limit)
                 })?;
-                b.stop(&broker_rt)?;
                 eprintln!(
                     "round {round} publish {}: {} events in {:.2} s = {:.0}/s, ack {}, cpu broker/client {}",
                     shape.label(),
@@ -133,14 +130,8 @@ pub fn run(args: &Args) -> Res<Results> {
             }
         }
         if args.runs(Part::Unary) {
-            let b = RunningBroker::start(&broker_rt, args, "unary")?;
-            let addr = b.addr;
             let max = args.events;
-            let run = on_clients(&client_rt, async move {
-                create_topic(addr, TOPIC).await?;
-                unary_run(addr, max, limit).await
-            })?;
-            b.stop(&broker_rt)?;
+            let run = on_fresh_broker(rts, args, "unary", move |addr| unary_run(addr, max, limit))?;
             eprintln!(
                 "round {round} unary: {} events in {:.2} s = {:.0}/s, {}",
                 run.events,
@@ -188,14 +179,10 @@ pub fn run(args: &Args) -> Res<Results> {
             b.stop(&broker_rt)?;
         }
         if args.runs(Part::Latency) {
-            let b = RunningBroker::start(&broker_rt, args, "latency")?;
-            let addr = b.addr;
             let (rate, secs) = (args.rate, args.latency_seconds);
-            let l = on_clients(&client_rt, async move {
-                create_topic(addr, TOPIC).await?;
-                latency_run(addr, rate, secs).await
+            let l = on_fresh_broker(rts, args, "latency", move |addr| {
+                latency_run(addr, rate, secs)
             })?;
-            b.stop(&broker_rt)?;
             eprintln!(
                 "round {round} latency at {rate}/s: sent {} delivered {}, e2e {}, publish ack {}",
                 l.sent,
