@@ -149,19 +149,48 @@ async fn next_error(s: &mut Sub) -> pb::Error {
     panic!("no in-stream error within {T:?}")
 }
 
+/// A broker with small limits (events up to 1 KiB, messages up to 64 KiB,
+/// `max_batch_events` per request) and a topic `orders`; a client of it.
+async fn small_limits(dir: &Path, max_batch_events: usize) -> (TestBroker, Client) {
+    let b = TestBroker::start(dir, |c| {
+        c.limits.max_event_bytes = 1024;
+        c.limits.max_message_bytes = 64 << 10;
+        c.limits.max_batch_events = max_batch_events;
+    })
+    .await;
+    let mut c = b.client().await;
+    create_topic(&mut c, "orders").await;
+    (b, c)
+}
+
+/// DeleteGroup of `group` in topic `orders`.
+async fn delete_group(c: &mut Client, group: &str) -> Result<(), Status> {
+    c.delete_group(pb::DeleteGroupRequest {
+        topic: "orders".into(),
+        group: group.into(),
+    })
+    .await
+    .map(drop)
+}
+
+/// SeekGroup of group `g` in topic `orders`, for seeks that must be refused.
+async fn seek_group(c: &mut Client, position: Option<pb::StartPosition>) -> Result<(), Status> {
+    c.seek_group(pb::SeekGroupRequest {
+        topic: "orders".into(),
+        group: "g".into(),
+        position,
+        dry_run: false,
+    })
+    .await
+    .map(drop)
+}
+
 // ---------------------------------------------------------------- publish
 
 #[tokio::test]
 async fn publish_stream_reports_bad_requests_in_stream_and_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let b = TestBroker::start(dir.path(), |c| {
-        c.limits.max_event_bytes = 1024;
-        c.limits.max_message_bytes = 64 << 10;
-        c.limits.max_batch_events = 3;
-    })
-    .await;
-    let mut c = b.client().await;
-    create_topic(&mut c, "orders").await;
+    let (b, mut c) = small_limits(dir.path(), 3).await;
     let mut s = PubStream::open(&mut c).await;
 
     let big = event("big", "k", &"x".repeat(2000));
@@ -268,14 +297,7 @@ async fn publish_stream_reports_bad_requests_in_stream_and_goes_on() {
 #[tokio::test]
 async fn publish_unary_refuses_bad_requests_with_statuses() {
     let dir = tempfile::tempdir().unwrap();
-    let b = TestBroker::start(dir.path(), |c| {
-        c.limits.max_event_bytes = 1024;
-        c.limits.max_message_bytes = 64 << 10;
-        c.limits.max_batch_events = 2;
-    })
-    .await;
-    let mut c = b.client().await;
-    create_topic(&mut c, "orders").await;
+    let (b, mut c) = small_limits(dir.path(), 2).await;
     let ok = |n: &str| event(n, "k", n);
     let cases = [
         (
@@ -519,13 +541,7 @@ async fn subscribe_refuses_bad_opens_with_statuses() {
         assert_status(&s, code, field);
     }
     // A refused group open left no group behind.
-    let s = c
-        .describe_group(pb::DescribeGroupRequest {
-            topic: "orders".into(),
-            group: "fresh".into(),
-        })
-        .await
-        .unwrap_err();
+    let s = try_describe(&mut c, "orders", "fresh").await.unwrap_err();
     assert_eq!(s.code(), Code::NotFound, "{s:?}");
     // The broker still serves, at the limit exactly.
     let mut sub = Sub::open(&mut c, "orders", "g", 100).await;
@@ -568,13 +584,10 @@ async fn a_second_open_on_a_stream_is_a_failed_precondition() {
         assert_status(&status, Code::FailedPrecondition, "open");
     }
     // The group is not left with a phantom member.
-    assert!(
-        eventually(T, || {
-            let mut c = c.clone();
-            async move { describe(&mut c, "orders", "g").await.members.is_empty() }
-        })
-        .await
-    );
+    wait_group(&c, "orders", "g", "a phantom member is left", |i| {
+        i.members.is_empty()
+    })
+    .await;
     b.stop().await;
 }
 
@@ -645,14 +658,10 @@ async fn bad_acks_get_in_stream_errors_and_harm_no_other_member() {
     // Both streams go on: each acks its own, and the group commits both.
     b2.ack(vec![1]).await;
     a.ack(vec![0]).await;
-    assert!(
-        eventually(T, || {
-            let mut c = c.clone();
-            async move { describe(&mut c, "orders", "g").await.committed_offset == 2 }
-        })
-        .await,
-        "both acks counted"
-    );
+    wait_group(&c, "orders", "g", "both acks counted", |i| {
+        i.committed_offset == 2
+    })
+    .await;
     // Both members still receive (one new event each: credit 1 apiece).
     publish(
         &mut c,
@@ -743,58 +752,27 @@ async fn admin_errors_have_precise_codes() {
         .unwrap_err();
     assert_status(&s, Code::InvalidArgument, "name");
 
-    let s = c
-        .describe_group(pb::DescribeGroupRequest {
-            topic: "orders".into(),
-            group: "nobody".into(),
-        })
-        .await
-        .unwrap_err();
+    let s = try_describe(&mut c, "orders", "nobody").await.unwrap_err();
     assert_eq!(s.code(), Code::NotFound, "{s:?}");
     assert!(s.message().contains("nobody"), "{s:?}");
-    let s = c
-        .describe_group(pb::DescribeGroupRequest {
-            topic: "orders".into(),
-            group: "bad group".into(),
-        })
+    let s = try_describe(&mut c, "orders", "bad group")
         .await
         .unwrap_err();
     assert_status(&s, Code::InvalidArgument, "group");
 
     for position in [None, Some(pb::StartPosition { position: None })] {
-        let s = c
-            .seek_group(pb::SeekGroupRequest {
-                topic: "orders".into(),
-                group: "g".into(),
-                position,
-                dry_run: false,
-            })
-            .await
-            .unwrap_err();
+        let s = seek_group(&mut c, position).await.unwrap_err();
         assert_status(&s, Code::InvalidArgument, "position");
     }
-    let s = c
-        .seek_group(pb::SeekGroupRequest {
-            topic: "orders".into(),
-            group: "g".into(),
-            position: Some(pb::StartPosition {
-                position: Some(Position::Offset(5)),
-            }),
-            dry_run: false,
-        })
-        .await
-        .unwrap_err();
+    let beyond = pb::StartPosition {
+        position: Some(Position::Offset(5)),
+    };
+    let s = seek_group(&mut c, Some(beyond)).await.unwrap_err();
     assert_status(&s, Code::InvalidArgument, "position.offset");
 
     // DeleteGroup with a member connected, then without.
     let sub = Sub::open(&mut c, "orders", "g", 10).await;
-    let s = c
-        .delete_group(pb::DeleteGroupRequest {
-            topic: "orders".into(),
-            group: "g".into(),
-        })
-        .await
-        .unwrap_err();
+    let s = delete_group(&mut c, "g").await.unwrap_err();
     assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
     assert!(s.message().contains("member"), "{s:?}");
     // The refused delete did not disturb the member.
@@ -804,24 +782,11 @@ async fn admin_errors_have_precise_codes() {
     drop(sub);
     let deleted = eventually(T, || {
         let mut c = c.clone();
-        async move {
-            c.delete_group(pb::DeleteGroupRequest {
-                topic: "orders".into(),
-                group: "g".into(),
-            })
-            .await
-            .is_ok()
-        }
+        async move { delete_group(&mut c, "g").await.is_ok() }
     })
     .await;
     assert!(deleted, "the group could be deleted once its member left");
-    let s = c
-        .delete_group(pb::DeleteGroupRequest {
-            topic: "orders".into(),
-            group: "g".into(),
-        })
-        .await
-        .unwrap_err();
+    let s = delete_group(&mut c, "g").await.unwrap_err();
     assert_eq!(s.code(), Code::NotFound, "{s:?}");
     b.stop().await;
 }
