@@ -64,6 +64,17 @@ async fn publish_many(c: &mut Client, topic: &str, events: Vec<Event>) -> Vec<u6
     offsets
 }
 
+/// Publishes `n` events `one-<i>`, then `n` events `two-<i>`; a clock
+/// reading strictly between the two batches' publish times.
+async fn two_batches(c: &mut Client, topic: &str, n: usize) -> SystemTime {
+    publish_many(c, topic, evs("one", n)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let between = SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    publish_many(c, topic, evs("two", n)).await;
+    between
+}
+
 fn open_at(topic: &str, group: &str, credit: u32, pos: Position) -> pb::SubscribeRequest {
     open_from(topic, group, credit, false, Some(pos))
 }
@@ -525,12 +536,7 @@ async fn late_group_replays_from_earliest_and_from_a_time() {
     // Asserts exact deliveries: no redelivery may slip in.
     let mut e = env(no_deadlines).await;
     create_topic(&mut e.c, "hist").await;
-    publish_many(&mut e.c, "hist", evs("one", 10)).await;
-    // A clock reading strictly between the two batches' publish times.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let between = SystemTime::now();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    publish_many(&mut e.c, "hist", evs("two", 10)).await;
+    let between = two_batches(&mut e.c, "hist", 10).await;
 
     // An existing group consumes everything first; that changes nothing for
     // the late ones.
@@ -778,11 +784,7 @@ async fn disconnected_members_events_go_to_another_member_at_once() {
 async fn seek_dry_run_matches_what_is_redelivered() {
     let mut e = env(no_deadlines).await;
     create_topic(&mut e.c, "t").await;
-    publish_many(&mut e.c, "t", evs("one", 50)).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let between = SystemTime::now();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    publish_many(&mut e.c, "t", evs("two", 50)).await;
+    let between = two_batches(&mut e.c, "t", 50).await;
 
     let mut s = Sub::open(&mut e.c, "t", "g", 200).await;
     let (d, _) = until_caught_up(&mut s).await;
