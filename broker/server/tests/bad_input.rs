@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use broker::BrokerConfig;
 use common::*;
 use mesh_proto::broker::v1::{
     self as pb, start_position::Position, subscribe_request::Request, subscribe_response::Response,
@@ -149,18 +150,24 @@ async fn next_error(s: &mut Sub) -> pb::Error {
     panic!("no in-stream error within {T:?}")
 }
 
+/// A broker (test settings, then `tweak`) with a topic `orders`, and a
+/// client of it.
+async fn with_orders(dir: &Path, tweak: impl FnOnce(&mut BrokerConfig)) -> (TestBroker, Client) {
+    let b = TestBroker::start(dir, tweak).await;
+    let mut c = b.client().await;
+    create_topic(&mut c, "orders").await;
+    (b, c)
+}
+
 /// A broker with small limits (events up to 1 KiB, messages up to 64 KiB,
 /// `max_batch_events` per request) and a topic `orders`; a client of it.
 async fn small_limits(dir: &Path, max_batch_events: usize) -> (TestBroker, Client) {
-    let b = TestBroker::start(dir, |c| {
+    with_orders(dir, |c| {
         c.limits.max_event_bytes = 1024;
         c.limits.max_message_bytes = 64 << 10;
         c.limits.max_batch_events = max_batch_events;
     })
-    .await;
-    let mut c = b.client().await;
-    create_topic(&mut c, "orders").await;
-    (b, c)
+    .await
 }
 
 /// DeleteGroup of `group` in topic `orders`.
@@ -380,9 +387,7 @@ async fn a_publish_stream_dropped_mid_batch_stores_whole_requests_only() {
     const REQUESTS: u64 = 200;
     const PER: usize = 25;
     let dir = tempfile::tempdir().unwrap();
-    let b = TestBroker::start(dir.path(), |_| {}).await;
-    let mut c = b.client().await;
-    create_topic(&mut c, "orders").await;
+    let (b, mut c) = with_orders(dir.path(), |_| {}).await;
     for round in 0..3u64 {
         let mut c2 = b.client().await; // its own connection, dropped with it
         let s = PubStream::open(&mut c2).await;
@@ -461,9 +466,7 @@ async fn a_publish_stream_dropped_mid_batch_stores_whole_requests_only() {
 #[tokio::test]
 async fn subscribe_refuses_bad_opens_with_statuses() {
     let dir = tempfile::tempdir().unwrap();
-    let b = TestBroker::start(dir.path(), |c| c.limits.max_credit = 100).await;
-    let mut c = b.client().await;
-    create_topic(&mut c, "orders").await;
+    let (b, mut c) = with_orders(dir.path(), |c| c.limits.max_credit = 100).await;
     publish(
         &mut c,
         "orders",
@@ -553,9 +556,7 @@ async fn subscribe_refuses_bad_opens_with_statuses() {
 #[tokio::test]
 async fn a_second_open_on_a_stream_is_a_failed_precondition() {
     let dir = tempfile::tempdir().unwrap();
-    let b = TestBroker::start(dir.path(), |_| {}).await;
-    let mut c = b.client().await;
-    create_topic(&mut c, "orders").await;
+    let (b, mut c) = with_orders(dir.path(), |_| {}).await;
     // A group member, and an ephemeral tail.
     for group in ["g", ""] {
         let mut sub = Sub::open_with(
@@ -596,9 +597,7 @@ async fn bad_acks_get_in_stream_errors_and_harm_no_other_member() {
     let dir = tempfile::tempdir().unwrap();
     // It asserts no redelivery and no disconnect: neither may come from a
     // deadline passing while a slow machine runs the test.
-    let b = TestBroker::start(dir.path(), no_deadlines).await;
-    let mut c = b.client().await;
-    create_topic(&mut c, "orders").await;
+    let (b, mut c) = with_orders(dir.path(), no_deadlines).await;
     publish(
         &mut c,
         "orders",
@@ -680,9 +679,7 @@ async fn bad_acks_get_in_stream_errors_and_harm_no_other_member() {
 #[tokio::test]
 async fn subscribers_past_the_limit_are_resource_exhausted() {
     let dir = tempfile::tempdir().unwrap();
-    let b = TestBroker::start(dir.path(), |c| c.limits.max_subscribers = 2).await;
-    let mut c = b.client().await;
-    create_topic(&mut c, "orders").await;
+    let (b, mut c) = with_orders(dir.path(), |c| c.limits.max_subscribers = 2).await;
     let s1 = Sub::open(&mut c, "orders", "g1", 10).await;
     let s2 = Sub::open_with(
         &mut c,
@@ -730,9 +727,7 @@ async fn subscribers_past_the_limit_are_resource_exhausted() {
 #[tokio::test]
 async fn admin_errors_have_precise_codes() {
     let dir = tempfile::tempdir().unwrap();
-    let b = TestBroker::start(dir.path(), |_| {}).await;
-    let mut c = b.client().await;
-    create_topic(&mut c, "orders").await;
+    let (b, mut c) = with_orders(dir.path(), |_| {}).await;
 
     let s = c
         .create_topic(pb::CreateTopicRequest {
