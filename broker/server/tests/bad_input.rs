@@ -170,6 +170,16 @@ async fn small_limits(dir: &Path, max_batch_events: usize) -> (TestBroker, Clien
     .await
 }
 
+/// CreateTopic of `name`, which must be refused: the status.
+async fn refused_create_topic(c: &mut Client, name: &str) -> Status {
+    c.create_topic(pb::CreateTopicRequest {
+        name: name.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap_err()
+}
+
 /// DeleteGroup of `group` in topic `orders`.
 async fn delete_group(c: &mut Client, group: &str) -> Result<(), Status> {
     c.delete_group(pb::DeleteGroupRequest {
@@ -729,22 +739,10 @@ async fn admin_errors_have_precise_codes() {
     let dir = tempfile::tempdir().unwrap();
     let (b, mut c) = with_orders(dir.path(), |_| {}).await;
 
-    let s = c
-        .create_topic(pb::CreateTopicRequest {
-            name: "orders".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let s = refused_create_topic(&mut c, "orders").await;
     assert_eq!(s.code(), Code::AlreadyExists, "{s:?}");
     assert!(s.message().contains("orders"), "{s:?}");
-    let s = c
-        .create_topic(pb::CreateTopicRequest {
-            name: "bad/name".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let s = refused_create_topic(&mut c, "bad/name").await;
     assert_status(&s, Code::InvalidArgument, "name");
 
     let s = try_describe(&mut c, "orders", "nobody").await.unwrap_err();
