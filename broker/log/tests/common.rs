@@ -4,7 +4,7 @@
 use std::{path::Path, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use mesh_log::{AppendRecord, Appended, LogConfig, Record, TopicConfig, TopicLog};
+use mesh_log::{AppendRecord, Appended, LogConfig, LogError, Record, TopicConfig, TopicLog};
 
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -74,6 +74,58 @@ pub fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
         .collect();
     v.sort();
     v
+}
+
+/// Bytes one record of [`log_of_100_byte_records`] takes on disk: a 40-byte
+/// header and its 100-byte payload.
+pub const RECORD_BYTES: u64 = 140;
+
+/// A new log in small segments holding `n` records of exactly 100 bytes
+/// each (`0000…0`, `0000…1`, …), so a test can compute where a record lies.
+pub fn log_of_100_byte_records(rt: &tokio::runtime::Runtime, dir: &Path, n: u32) -> TopicLog {
+    let log = create(dir, small_cfg(), TopicConfig::default());
+    for i in 0..n {
+        append(rt, &log, vec![rec(format!("{i:0>100}"))]);
+    }
+    log
+}
+
+/// The first offset a segment file holds (its name).
+pub fn base_offset(segment: &Path) -> u64 {
+    segment
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{segment:?} is not named by its base offset"))
+}
+
+/// The offsets of `records`, in order.
+pub fn offsets(records: &[Record]) -> Vec<u64> {
+    records.iter().map(|r| r.offset).collect()
+}
+
+/// Asserts that `r` reports corruption in file `path` at byte `position`,
+/// record `offset`.
+#[track_caller]
+pub fn assert_corrupt<T: std::fmt::Debug>(
+    r: Result<T, LogError>,
+    path: &Path,
+    position: u64,
+    offset: u64,
+) {
+    match r {
+        Err(LogError::Corrupt {
+            path: p,
+            position: pos,
+            offset: o,
+            ..
+        }) => assert_eq!(
+            (p.as_path(), pos, o),
+            (path, position, offset),
+            "where the corruption was reported"
+        ),
+        other => panic!("expected corruption to be reported, got {other:?}"),
+    }
 }
 
 pub const SHORT: Duration = Duration::from_millis(50);

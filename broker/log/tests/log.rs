@@ -6,6 +6,7 @@ use std::{fs, os::unix::fs::FileExt, time::Duration};
 
 use common::*;
 use mesh_log::{CommitMode, FsyncPolicy, LogConfig, LogError, TopicConfig};
+use mesh_test_support::flip_byte;
 
 #[test]
 fn append_read_back_and_seek_by_offset_and_time() {
@@ -132,11 +133,7 @@ fn reads_bounded_by_bytes_never_skip_the_rest_of_a_segment() {
 fn sealed_segments_open_from_sidecars_and_rebuild_lost_ones() {
     let rt = rt();
     let dir = tempfile::tempdir().unwrap();
-    let log = create(dir.path(), small_cfg(), TopicConfig::default());
-    for i in 0..200u32 {
-        append(&rt, &log, vec![rec(format!("{i:0>100}"))]);
-    }
-    drop(log);
+    drop(log_of_100_byte_records(&rt, dir.path(), 200));
     let segs = segment_files(dir.path());
     for s in &segs[..segs.len() - 1] {
         assert!(
@@ -195,53 +192,19 @@ fn damage_followed_by_valid_records_in_the_tail_refuses_to_open() {
     drop(log);
     let tail = segment_files(dir.path()).pop().unwrap();
     flip_byte(&tail, 45); // inside the first record's payload
-    match open(dir.path(), LogConfig::default()) {
-        Err(LogError::Corrupt {
-            path,
-            position,
-            offset,
-            ..
-        }) => {
-            assert_eq!(path, tail);
-            assert_eq!(position, 0);
-            assert_eq!(offset, 0);
-        }
-        other => panic!("expected corruption to be reported, got {other:?}"),
-    }
-}
-
-fn flip_byte(path: &std::path::Path, pos: u64) {
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, pos).unwrap();
-    b[0] ^= 0x01;
-    f.write_all_at(&b, pos).unwrap();
+    assert_corrupt(open(dir.path(), LogConfig::default()), &tail, 0, 0);
 }
 
 #[test]
 fn bit_flip_in_a_sealed_segment_is_detected_and_never_served() {
     let rt = rt();
     let dir = tempfile::tempdir().unwrap();
-    let log = create(dir.path(), small_cfg(), TopicConfig::default());
-    for i in 0..200u32 {
-        append(&rt, &log, vec![rec(format!("{i:0>100}"))]);
-    }
-    drop(log);
+    drop(log_of_100_byte_records(&rt, dir.path(), 200));
     let segs = segment_files(dir.path());
     let victim = &segs[1];
-    let base: u64 = victim
-        .file_stem()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    // Third record of the segment: 40 bytes of header + 100 of payload each.
-    let pos = 2 * 140 + 40 + 7;
+    let base = base_offset(victim);
+    // Inside the payload of the segment's third record.
+    let pos = 2 * RECORD_BYTES + 40 + 7;
     flip_byte(victim, pos);
 
     // Opening does not scan sealed segments (recovery time), so the
@@ -252,49 +215,21 @@ fn bit_flip_in_a_sealed_segment_is_detected_and_never_served() {
     // A read that reaches the damage returns the intact records before it
     // (from the previous segment on, too); the next read, starting at the
     // damaged offset, reports it.
-    let upto: Vec<u64> = log
-        .read(0, 10_000, 1 << 20)
-        .unwrap()
-        .iter()
-        .map(|r| r.offset)
-        .collect();
+    let upto = offsets(&log.read(0, 10_000, 1 << 20).unwrap());
     assert_eq!(upto, (0..base + 2).collect::<Vec<_>>());
-    let err = log.read(base + 2, 10, 1 << 20).unwrap_err();
-    match err {
-        LogError::Corrupt {
-            path,
-            position,
-            offset,
-            ..
-        } => {
-            assert_eq!(&path, victim);
-            assert_eq!(position, 2 * 140);
-            assert_eq!(offset, base + 2);
-        }
-        other => panic!("{other:?}"),
-    }
+    let damaged = log.read(base + 2, 10, 1 << 20);
+    assert_corrupt(damaged, victim, 2 * RECORD_BYTES, base + 2);
     assert!(matches!(
         log.read(base + 2, 1, 1 << 20),
         Err(LogError::Corrupt { .. })
     ));
     // Everything after the damaged segment is still served.
-    let next = segs[2]
-        .file_stem()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse::<u64>()
-        .unwrap();
+    let next = base_offset(&segs[2]);
     assert_eq!(log.read(next, 1, 1 << 20).unwrap()[0].offset, next);
     // The intact records right after the damage, in the same index
     // interval, are still readable: a reader moved past the damage
     // resumes there.
-    let after: Vec<u64> = log
-        .read(base + 3, 3, 1 << 20)
-        .unwrap()
-        .iter()
-        .map(|r| r.offset)
-        .collect();
+    let after = offsets(&log.read(base + 3, 3, 1 << 20).unwrap());
     assert_eq!(after, vec![base + 3, base + 4, base + 5]);
     // Reading everything in order stops at the damage and reports it.
     assert!(matches!(read_all(&log), Err(LogError::Corrupt { offset, .. }) if offset == base + 2));
@@ -304,41 +239,16 @@ fn bit_flip_in_a_sealed_segment_is_detected_and_never_served() {
 fn records_after_a_damaged_length_field_stay_readable() {
     let rt = rt();
     let dir = tempfile::tempdir().unwrap();
-    let log = create(dir.path(), small_cfg(), TopicConfig::default());
-    for i in 0..30u32 {
-        append(&rt, &log, vec![rec(format!("{i:0>100}"))]);
-    }
+    let log = log_of_100_byte_records(&rt, dir.path(), 30);
     // The active segment, damaged while open: reads go through the file,
     // so the damage is seen at once. The third record's length field now
     // claims far more than the segment holds.
     let seg = &segment_files(dir.path())[0];
-    flip_byte(seg, 2 * 140 + 2);
-    let before: Vec<u64> = log
-        .read(0, 100, 1 << 20)
-        .unwrap()
-        .iter()
-        .map(|r| r.offset)
-        .collect();
+    flip_byte(seg, 2 * RECORD_BYTES + 2);
+    let before = offsets(&log.read(0, 100, 1 << 20).unwrap());
     assert_eq!(before, vec![0, 1]);
-    match log.read(2, 1, 1 << 20) {
-        Err(LogError::Corrupt {
-            path,
-            position,
-            offset,
-            ..
-        }) => {
-            assert_eq!(&path, seg);
-            assert_eq!(position, 2 * 140);
-            assert_eq!(offset, 2);
-        }
-        other => panic!("{other:?}"),
-    }
-    let after: Vec<u64> = log
-        .read(3, 100, 1 << 20)
-        .unwrap()
-        .iter()
-        .map(|r| r.offset)
-        .collect();
+    assert_corrupt(log.read(2, 1, 1 << 20), seg, 2 * RECORD_BYTES, 2);
+    let after = offsets(&log.read(3, 100, 1 << 20).unwrap());
     assert_eq!(after, (3..30).collect::<Vec<_>>());
 }
 

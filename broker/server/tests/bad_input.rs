@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use broker::BrokerConfig;
 use common::*;
 use mesh_proto::broker::v1::{
     self as pb, start_position::Position, subscribe_request::Request, subscribe_response::Response,
@@ -149,19 +150,64 @@ async fn next_error(s: &mut Sub) -> pb::Error {
     panic!("no in-stream error within {T:?}")
 }
 
+/// A broker (test settings, then `tweak`) with a topic `orders`, and a
+/// client of it.
+async fn with_orders(dir: &Path, tweak: impl FnOnce(&mut BrokerConfig)) -> (TestBroker, Client) {
+    let b = TestBroker::start(dir, tweak).await;
+    let mut c = b.client().await;
+    create_topic(&mut c, "orders").await;
+    (b, c)
+}
+
+/// A broker with small limits (events up to 1 KiB, messages up to 64 KiB,
+/// `max_batch_events` per request) and a topic `orders`; a client of it.
+async fn small_limits(dir: &Path, max_batch_events: usize) -> (TestBroker, Client) {
+    with_orders(dir, |c| {
+        c.limits.max_event_bytes = 1024;
+        c.limits.max_message_bytes = 64 << 10;
+        c.limits.max_batch_events = max_batch_events;
+    })
+    .await
+}
+
+/// CreateTopic of `name`, which must be refused: the status.
+async fn refused_create_topic(c: &mut Client, name: &str) -> Status {
+    c.create_topic(pb::CreateTopicRequest {
+        name: name.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap_err()
+}
+
+/// DeleteGroup of `group` in topic `orders`.
+async fn delete_group(c: &mut Client, group: &str) -> Result<(), Status> {
+    c.delete_group(pb::DeleteGroupRequest {
+        topic: "orders".into(),
+        group: group.into(),
+    })
+    .await
+    .map(drop)
+}
+
+/// SeekGroup of group `g` in topic `orders`, for seeks that must be refused.
+async fn seek_group(c: &mut Client, position: Option<pb::StartPosition>) -> Result<(), Status> {
+    c.seek_group(pb::SeekGroupRequest {
+        topic: "orders".into(),
+        group: "g".into(),
+        position,
+        dry_run: false,
+    })
+    .await
+    .map(drop)
+}
+
 // ---------------------------------------------------------------- publish
 
 #[tokio::test]
 async fn publish_stream_reports_bad_requests_in_stream_and_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let b = TestBroker::start(dir.path(), |c| {
-        c.limits.max_event_bytes = 1024;
-        c.limits.max_message_bytes = 64 << 10;
-        c.limits.max_batch_events = 3;
-    })
-    .await;
-    let mut c = b.client().await;
-    create_topic(&mut c, "orders").await;
+    let (b, mut c) = small_limits(dir.path(), 3).await;
     let mut s = PubStream::open(&mut c).await;
 
     let big = event("big", "k", &"x".repeat(2000));
@@ -268,14 +314,7 @@ async fn publish_stream_reports_bad_requests_in_stream_and_goes_on() {
 #[tokio::test]
 async fn publish_unary_refuses_bad_requests_with_statuses() {
     let dir = tempfile::tempdir().unwrap();
-    let b = TestBroker::start(dir.path(), |c| {
-        c.limits.max_event_bytes = 1024;
-        c.limits.max_message_bytes = 64 << 10;
-        c.limits.max_batch_events = 2;
-    })
-    .await;
-    let mut c = b.client().await;
-    create_topic(&mut c, "orders").await;
+    let (b, mut c) = small_limits(dir.path(), 2).await;
     let ok = |n: &str| event(n, "k", n);
     let cases = [
         (
@@ -358,9 +397,7 @@ async fn a_publish_stream_dropped_mid_batch_stores_whole_requests_only() {
     const REQUESTS: u64 = 200;
     const PER: usize = 25;
     let dir = tempfile::tempdir().unwrap();
-    let b = TestBroker::start(dir.path(), |_| {}).await;
-    let mut c = b.client().await;
-    create_topic(&mut c, "orders").await;
+    let (b, mut c) = with_orders(dir.path(), |_| {}).await;
     for round in 0..3u64 {
         let mut c2 = b.client().await; // its own connection, dropped with it
         let s = PubStream::open(&mut c2).await;
@@ -439,9 +476,7 @@ async fn a_publish_stream_dropped_mid_batch_stores_whole_requests_only() {
 #[tokio::test]
 async fn subscribe_refuses_bad_opens_with_statuses() {
     let dir = tempfile::tempdir().unwrap();
-    let b = TestBroker::start(dir.path(), |c| c.limits.max_credit = 100).await;
-    let mut c = b.client().await;
-    create_topic(&mut c, "orders").await;
+    let (b, mut c) = with_orders(dir.path(), |c| c.limits.max_credit = 100).await;
     publish(
         &mut c,
         "orders",
@@ -519,13 +554,7 @@ async fn subscribe_refuses_bad_opens_with_statuses() {
         assert_status(&s, code, field);
     }
     // A refused group open left no group behind.
-    let s = c
-        .describe_group(pb::DescribeGroupRequest {
-            topic: "orders".into(),
-            group: "fresh".into(),
-        })
-        .await
-        .unwrap_err();
+    let s = try_describe(&mut c, "orders", "fresh").await.unwrap_err();
     assert_eq!(s.code(), Code::NotFound, "{s:?}");
     // The broker still serves, at the limit exactly.
     let mut sub = Sub::open(&mut c, "orders", "g", 100).await;
@@ -537,9 +566,7 @@ async fn subscribe_refuses_bad_opens_with_statuses() {
 #[tokio::test]
 async fn a_second_open_on_a_stream_is_a_failed_precondition() {
     let dir = tempfile::tempdir().unwrap();
-    let b = TestBroker::start(dir.path(), |_| {}).await;
-    let mut c = b.client().await;
-    create_topic(&mut c, "orders").await;
+    let (b, mut c) = with_orders(dir.path(), |_| {}).await;
     // A group member, and an ephemeral tail.
     for group in ["g", ""] {
         let mut sub = Sub::open_with(
@@ -568,13 +595,10 @@ async fn a_second_open_on_a_stream_is_a_failed_precondition() {
         assert_status(&status, Code::FailedPrecondition, "open");
     }
     // The group is not left with a phantom member.
-    assert!(
-        eventually(T, || {
-            let mut c = c.clone();
-            async move { describe(&mut c, "orders", "g").await.members.is_empty() }
-        })
-        .await
-    );
+    wait_group(&c, "orders", "g", "a phantom member is left", |i| {
+        i.members.is_empty()
+    })
+    .await;
     b.stop().await;
 }
 
@@ -583,9 +607,7 @@ async fn bad_acks_get_in_stream_errors_and_harm_no_other_member() {
     let dir = tempfile::tempdir().unwrap();
     // It asserts no redelivery and no disconnect: neither may come from a
     // deadline passing while a slow machine runs the test.
-    let b = TestBroker::start(dir.path(), no_deadlines).await;
-    let mut c = b.client().await;
-    create_topic(&mut c, "orders").await;
+    let (b, mut c) = with_orders(dir.path(), no_deadlines).await;
     publish(
         &mut c,
         "orders",
@@ -645,14 +667,10 @@ async fn bad_acks_get_in_stream_errors_and_harm_no_other_member() {
     // Both streams go on: each acks its own, and the group commits both.
     b2.ack(vec![1]).await;
     a.ack(vec![0]).await;
-    assert!(
-        eventually(T, || {
-            let mut c = c.clone();
-            async move { describe(&mut c, "orders", "g").await.committed_offset == 2 }
-        })
-        .await,
-        "both acks counted"
-    );
+    wait_group(&c, "orders", "g", "both acks counted", |i| {
+        i.committed_offset == 2
+    })
+    .await;
     // Both members still receive (one new event each: credit 1 apiece).
     publish(
         &mut c,
@@ -671,9 +689,7 @@ async fn bad_acks_get_in_stream_errors_and_harm_no_other_member() {
 #[tokio::test]
 async fn subscribers_past_the_limit_are_resource_exhausted() {
     let dir = tempfile::tempdir().unwrap();
-    let b = TestBroker::start(dir.path(), |c| c.limits.max_subscribers = 2).await;
-    let mut c = b.client().await;
-    create_topic(&mut c, "orders").await;
+    let (b, mut c) = with_orders(dir.path(), |c| c.limits.max_subscribers = 2).await;
     let s1 = Sub::open(&mut c, "orders", "g1", 10).await;
     let s2 = Sub::open_with(
         &mut c,
@@ -721,80 +737,35 @@ async fn subscribers_past_the_limit_are_resource_exhausted() {
 #[tokio::test]
 async fn admin_errors_have_precise_codes() {
     let dir = tempfile::tempdir().unwrap();
-    let b = TestBroker::start(dir.path(), |_| {}).await;
-    let mut c = b.client().await;
-    create_topic(&mut c, "orders").await;
+    let (b, mut c) = with_orders(dir.path(), |_| {}).await;
 
-    let s = c
-        .create_topic(pb::CreateTopicRequest {
-            name: "orders".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let s = refused_create_topic(&mut c, "orders").await;
     assert_eq!(s.code(), Code::AlreadyExists, "{s:?}");
     assert!(s.message().contains("orders"), "{s:?}");
-    let s = c
-        .create_topic(pb::CreateTopicRequest {
-            name: "bad/name".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let s = refused_create_topic(&mut c, "bad/name").await;
     assert_status(&s, Code::InvalidArgument, "name");
 
-    let s = c
-        .describe_group(pb::DescribeGroupRequest {
-            topic: "orders".into(),
-            group: "nobody".into(),
-        })
-        .await
-        .unwrap_err();
+    let s = try_describe(&mut c, "orders", "nobody").await.unwrap_err();
     assert_eq!(s.code(), Code::NotFound, "{s:?}");
     assert!(s.message().contains("nobody"), "{s:?}");
-    let s = c
-        .describe_group(pb::DescribeGroupRequest {
-            topic: "orders".into(),
-            group: "bad group".into(),
-        })
+    let s = try_describe(&mut c, "orders", "bad group")
         .await
         .unwrap_err();
     assert_status(&s, Code::InvalidArgument, "group");
 
     for position in [None, Some(pb::StartPosition { position: None })] {
-        let s = c
-            .seek_group(pb::SeekGroupRequest {
-                topic: "orders".into(),
-                group: "g".into(),
-                position,
-                dry_run: false,
-            })
-            .await
-            .unwrap_err();
+        let s = seek_group(&mut c, position).await.unwrap_err();
         assert_status(&s, Code::InvalidArgument, "position");
     }
-    let s = c
-        .seek_group(pb::SeekGroupRequest {
-            topic: "orders".into(),
-            group: "g".into(),
-            position: Some(pb::StartPosition {
-                position: Some(Position::Offset(5)),
-            }),
-            dry_run: false,
-        })
-        .await
-        .unwrap_err();
+    let beyond = pb::StartPosition {
+        position: Some(Position::Offset(5)),
+    };
+    let s = seek_group(&mut c, Some(beyond)).await.unwrap_err();
     assert_status(&s, Code::InvalidArgument, "position.offset");
 
     // DeleteGroup with a member connected, then without.
     let sub = Sub::open(&mut c, "orders", "g", 10).await;
-    let s = c
-        .delete_group(pb::DeleteGroupRequest {
-            topic: "orders".into(),
-            group: "g".into(),
-        })
-        .await
-        .unwrap_err();
+    let s = delete_group(&mut c, "g").await.unwrap_err();
     assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
     assert!(s.message().contains("member"), "{s:?}");
     // The refused delete did not disturb the member.
@@ -804,24 +775,11 @@ async fn admin_errors_have_precise_codes() {
     drop(sub);
     let deleted = eventually(T, || {
         let mut c = c.clone();
-        async move {
-            c.delete_group(pb::DeleteGroupRequest {
-                topic: "orders".into(),
-                group: "g".into(),
-            })
-            .await
-            .is_ok()
-        }
+        async move { delete_group(&mut c, "g").await.is_ok() }
     })
     .await;
     assert!(deleted, "the group could be deleted once its member left");
-    let s = c
-        .delete_group(pb::DeleteGroupRequest {
-            topic: "orders".into(),
-            group: "g".into(),
-        })
-        .await
-        .unwrap_err();
+    let s = delete_group(&mut c, "g").await.unwrap_err();
     assert_eq!(s.code(), Code::NotFound, "{s:?}");
     b.stop().await;
 }

@@ -33,7 +33,10 @@ use mesh_proto::{
     broker::v1::{self as pb, subscribe_request::Request, subscribe_response::Response},
     events::v1::Event,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
 use tokio_stream::wrappers::ReceiverStream;
 
 const TOPIC: &str = "crash";
@@ -202,15 +205,34 @@ impl Ledger {
     }
 }
 
-fn current(addr: &watch::Receiver<Option<SocketAddr>>) -> Option<SocketAddr> {
-    *addr.borrow()
-}
-
 async fn try_connect(addr: SocketAddr) -> Option<Client> {
     tokio::time::timeout(Duration::from_secs(2), connect(addr))
         .await
         .ok()?
         .ok()
+}
+
+/// A client of the broker `addr` names now; `None` while none runs or it
+/// does not answer, after a short pause so that a retry loop does not spin.
+async fn connect_current(addr: &watch::Receiver<Option<SocketAddr>>) -> Option<Client> {
+    let Some(addr) = *addr.borrow() else {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        return None;
+    };
+    let client = try_connect(addr).await;
+    if client.is_none() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client
+}
+
+/// Waits for `task` for at most `within`: what it returned. Panics naming
+/// `what` if it did not finish in time or panicked itself.
+async fn finished<T>(task: JoinHandle<T>, within: Duration, what: &str) -> T {
+    tokio::time::timeout(within, task)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {within:?}"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 // -------------------------------------------------------------- producers
@@ -263,12 +285,7 @@ async fn producer(p: usize, ctl: ProducerCtl, ledger: Arc<Ledger>) -> ProducerRe
         if *ctl.stop.borrow() && retry.is_empty() {
             break;
         }
-        let Some(addr) = current(&ctl.addr) else {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        };
-        let Some(mut client) = try_connect(addr).await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let Some(mut client) = connect_current(&ctl.addr).await else {
             continue;
         };
         let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT * 2);
@@ -391,12 +408,7 @@ async fn consumer(g: usize, m: usize, ctl: ConsumerCtl, ledger: Arc<Ledger>) -> 
         if Instant::now() > ctl.deadline || *ctl.done.borrow() {
             break;
         }
-        let Some(addr) = current(&ctl.addr) else {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        };
-        let Some(mut client) = try_connect(addr).await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let Some(mut client) = connect_current(&ctl.addr).await else {
             continue;
         };
         let open = pb::SubscribeRequest {
@@ -477,6 +489,81 @@ async fn consumer(g: usize, m: usize, ctl: ConsumerCtl, ledger: Arc<Ledger>) -> 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     report
+}
+
+// ---------------------------------------------------------------- traffic
+
+/// What a test flips for its producers and consumers.
+struct Switches {
+    /// The broker's address; `None` while it is down.
+    addr: watch::Sender<Option<SocketAddr>>,
+    /// Producers: send no new batches, finish the outstanding ones.
+    stop: watch::Sender<bool>,
+    /// Consumers: leave now.
+    done: watch::Sender<bool>,
+}
+
+/// The tasks of a test's producers and consumers.
+struct Traffic {
+    producers: Vec<JoinHandle<ProducerReport>>,
+    /// `MEMBERS_PER_GROUP` members of the first group, then of the next.
+    consumers: Vec<JoinHandle<ConsumerReport>>,
+}
+
+/// Starts `producers` producers and `MEMBERS_PER_GROUP` members of every
+/// group against the broker on `addr`, all of them giving up at
+/// `deadline`, and reconnecting when their stream breaks if `reconnect`.
+fn start_traffic(
+    addr: SocketAddr,
+    producers: usize,
+    reconnect: bool,
+    deadline: Instant,
+    ledger: &Arc<Ledger>,
+) -> (Switches, Traffic) {
+    let switches = Switches {
+        addr: watch::channel(Some(addr)).0,
+        stop: watch::channel(false).0,
+        done: watch::channel(false).0,
+    };
+    let producers = (0..producers)
+        .map(|p| {
+            let ctl = ProducerCtl {
+                addr: switches.addr.subscribe(),
+                stop: switches.stop.subscribe(),
+                reconnect,
+                deadline,
+            };
+            tokio::spawn(producer(p, ctl, ledger.clone()))
+        })
+        .collect();
+    let mut consumers = Vec::new();
+    for g in 0..GROUPS.len() {
+        for m in 0..MEMBERS_PER_GROUP {
+            let ctl = ConsumerCtl {
+                addr: switches.addr.subscribe(),
+                done: switches.done.subscribe(),
+                reconnect,
+                deadline,
+            };
+            consumers.push(tokio::spawn(consumer(g, m, ctl, ledger.clone())));
+        }
+    }
+    (
+        switches,
+        Traffic {
+            producers,
+            consumers,
+        },
+    )
+}
+
+/// Waits (up to 20 s) until at least `n` events are acknowledged.
+async fn acked_at_least(ledger: &Arc<Ledger>, n: u64) -> bool {
+    eventually(Duration::from_secs(20), || {
+        let l = ledger.clone();
+        async move { l.acked() >= n }
+    })
+    .await
 }
 
 // ---------------------------------------------------------------- checks
@@ -618,32 +705,7 @@ async fn sigkill_mid_traffic_keeps_every_acknowledged_event() {
 
     let deadline = Instant::now() + Duration::from_secs(150);
     let ledger = Arc::new(Ledger::default());
-    let (addr_tx, addr_rx) = watch::channel(Some(proc.addr()));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (done_tx, done_rx) = watch::channel(false);
-    let producers: Vec<_> = (0..PRODUCERS)
-        .map(|p| {
-            let ctl = ProducerCtl {
-                addr: addr_rx.clone(),
-                stop: stop_rx.clone(),
-                reconnect: true,
-                deadline,
-            };
-            tokio::spawn(producer(p, ctl, ledger.clone()))
-        })
-        .collect();
-    let mut consumers = Vec::new();
-    for g in 0..GROUPS.len() {
-        for m in 0..MEMBERS_PER_GROUP {
-            let ctl = ConsumerCtl {
-                addr: addr_rx.clone(),
-                done: done_rx.clone(),
-                reconnect: true,
-                deadline,
-            };
-            consumers.push(tokio::spawn(consumer(g, m, ctl, ledger.clone())));
-        }
-    }
+    let (switches, traffic) = start_traffic(proc.addr(), PRODUCERS, true, deadline, &ledger);
 
     // Both groups exist and consume before the first kill.
     assert!(
@@ -657,19 +719,14 @@ async fn sigkill_mid_traffic_keeps_every_acknowledged_event() {
 
     let mut samples: [Vec<(String, u64)>; 2] = Default::default();
     for round in 1..=KILLS {
-        let base = ledger.acked();
         assert!(
-            eventually(Duration::from_secs(20), || {
-                let l = ledger.clone();
-                async move { l.acked() >= base + 300 }
-            })
-            .await,
+            acked_at_least(&ledger, ledger.acked() + 300).await,
             "publishing made progress before kill {round}"
         );
         tokio::time::sleep(rng.millis(0, 500)).await;
         sample_committed(proc.addr(), &mut samples, &format!("before kill {round}")).await;
         proc.sigkill().await;
-        addr_tx.send(None).unwrap();
+        switches.addr.send_replace(None);
         println!(
             "kill {round}: {} events acknowledged so far",
             ledger.acked()
@@ -677,29 +734,19 @@ async fn sigkill_mid_traffic_keeps_every_acknowledged_event() {
         tokio::time::sleep(rng.millis(0, 300)).await;
         proc = Proc::spawn(dir.path(), env).await;
         sample_committed(proc.addr(), &mut samples, &format!("after restart {round}")).await;
-        addr_tx.send(Some(proc.addr())).unwrap();
+        switches.addr.send_replace(Some(proc.addr()));
     }
-    let base = ledger.acked();
     assert!(
-        eventually(Duration::from_secs(20), || {
-            let l = ledger.clone();
-            async move { l.acked() >= base + 300 }
-        })
-        .await,
+        acked_at_least(&ledger, ledger.acked() + 300).await,
         "publishing made progress after the last restart"
     );
 
     // Drain: producers finish what they have in flight (and resend what
     // was never answered), then the groups catch up to the head.
-    stop_tx.send(true).unwrap();
+    switches.stop.send_replace(true);
     let mut preports = Vec::new();
-    for p in producers {
-        preports.push(
-            tokio::time::timeout(Duration::from_secs(60), p)
-                .await
-                .expect("producer finished")
-                .unwrap(),
-        );
+    for p in traffic.producers {
+        preports.push(finished(p, Duration::from_secs(60), "producer").await);
     }
     for (p, r) in preports.iter().enumerate() {
         println!(
@@ -755,13 +802,10 @@ async fn sigkill_mid_traffic_keeps_every_acknowledged_event() {
         drained,
         "every group committed up to the head {head_now}: {samples:?}"
     );
-    done_tx.send(true).unwrap();
+    switches.done.send_replace(true);
     let mut consumers_delivered = [0usize; 2];
-    for (i, h) in consumers.into_iter().enumerate() {
-        let r = tokio::time::timeout(Duration::from_secs(10), h)
-            .await
-            .expect("consumer finished")
-            .unwrap();
+    for (i, h) in traffic.consumers.into_iter().enumerate() {
+        let r = finished(h, Duration::from_secs(10), "consumer").await;
         println!(
             "consumer {i}: {} sessions, {} deliveries, {} in-stream errors",
             r.sessions,
@@ -818,33 +862,8 @@ async fn sigterm_mid_traffic_drains_and_exits_zero() {
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let ledger = Arc::new(Ledger::default());
-    let (_addr_tx, addr_rx) = watch::channel(Some(proc.addr()));
-    let (_stop_tx, stop_rx) = watch::channel(false);
-    let (_done_tx, done_rx) = watch::channel(false);
     // No reconnecting here: each client reports how its one stream ended.
-    let producers: Vec<_> = (0..2)
-        .map(|p| {
-            let ctl = ProducerCtl {
-                addr: addr_rx.clone(),
-                stop: stop_rx.clone(),
-                reconnect: false,
-                deadline,
-            };
-            tokio::spawn(producer(p, ctl, ledger.clone()))
-        })
-        .collect();
-    let mut consumers = Vec::new();
-    for g in 0..GROUPS.len() {
-        for m in 0..MEMBERS_PER_GROUP {
-            let ctl = ConsumerCtl {
-                addr: addr_rx.clone(),
-                done: done_rx.clone(),
-                reconnect: false,
-                deadline,
-            };
-            consumers.push(tokio::spawn(consumer(g, m, ctl, ledger.clone())));
-        }
-    }
+    let (_switches, traffic) = start_traffic(proc.addr(), 2, false, deadline, &ledger);
     assert!(
         eventually(Duration::from_secs(20), || {
             let l = ledger.clone();
@@ -886,11 +905,8 @@ async fn sigterm_mid_traffic_drains_and_exits_zero() {
         Some(tonic::Code::Unavailable),
         "a Subscribe stream still waiting for `open` ended with UNAVAILABLE"
     );
-    for (i, h) in consumers.into_iter().enumerate() {
-        let r = tokio::time::timeout(Duration::from_secs(10), h)
-            .await
-            .expect("consumer finished")
-            .unwrap();
+    for (i, h) in traffic.consumers.into_iter().enumerate() {
+        let r = finished(h, Duration::from_secs(10), "consumer").await;
         println!("consumer {i}: {r:?}");
         assert_eq!(
             r.ends,
@@ -898,11 +914,8 @@ async fn sigterm_mid_traffic_drains_and_exits_zero() {
             "subscriber {i}'s stream ended with UNAVAILABLE"
         );
     }
-    for (p, h) in producers.into_iter().enumerate() {
-        let r = tokio::time::timeout(Duration::from_secs(10), h)
-            .await
-            .expect("producer finished")
-            .unwrap();
+    for (p, h) in traffic.producers.into_iter().enumerate() {
+        let r = finished(h, Duration::from_secs(10), "producer").await;
         println!(
             "producer {p}: {} requests acknowledged, ends {:?}, errors {:?}",
             r.requests_acked, r.ends, r.errors

@@ -20,9 +20,7 @@ mod common;
 
 use std::{
     collections::BTreeSet,
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-    os::unix::fs::FileExt,
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -31,6 +29,7 @@ use bytes::Bytes;
 use common::{BrokerProcess, Client, Sub, connect, event, eventually, offset, publish};
 use mesh_log::record::{self, Decoded};
 use mesh_proto::broker::v1::{self as pb, start_position::Position, subscribe_response::Response};
+use mesh_test_support::{flip_byte, prometheus};
 use tokio::time::Instant;
 use tonic::Code;
 
@@ -89,18 +88,6 @@ fn records(path: &Path) -> Vec<(u64, u64, usize)> {
         }
     }
     out
-}
-
-fn flip_byte(path: &Path, pos: u64) {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, pos).unwrap();
-    b[0] ^= 0x01;
-    f.write_all_at(&b, pos).unwrap();
 }
 
 /// A broker whose topic holds `N` events, one of them damaged at `place`.
@@ -188,15 +175,9 @@ impl Damaged {
     }
 
     async fn blocked_gauge(&self) -> Option<f64> {
-        let text = scrape(self.metrics).ok()?;
-        text.lines()
-            .find(|l| {
-                l.starts_with("mesh_broker_group_blocked{")
-                    && l.contains(&format!("topic=\"{TOPIC}\""))
-                    && l.contains(&format!("group=\"{GROUP}\""))
-            })
-            .and_then(|l| l.rsplit_once(' '))
-            .and_then(|(_, v)| v.parse().ok())
+        let samples = prometheus::scrape(self.metrics).ok()?;
+        let labels = [("topic", TOPIC), ("group", GROUP)];
+        prometheus::sample(&samples, "mesh_broker_group_blocked", &labels)
     }
 
     /// Lines of the broker's log saying the group was blocked.
@@ -216,16 +197,6 @@ impl Damaged {
         // whatever is left of the client.)
         assert!(broker.sigterm().success());
     }
-}
-
-/// `GET /metrics`: the exposition text.
-fn scrape(addr: SocketAddr) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    Ok(text)
 }
 
 fn tail_open(start: Position) -> pb::SubscribeRequest {

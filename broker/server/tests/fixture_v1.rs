@@ -115,15 +115,6 @@ fn jobs_events() -> Vec<Event> {
     vec![ev("job-1", "", "poison", &[]), ev("job-2", "", "fine", &[])]
 }
 
-async fn wait_committed(c: &Client, topic: &str, group: &str, committed: u64) {
-    let ok = eventually(WAIT, || {
-        let mut c = c.clone();
-        async move { describe(&mut c, topic, group).await.committed_offset == committed }
-    })
-    .await;
-    assert!(ok, "{topic}/{group} never committed {committed}");
-}
-
 /// Copies a directory tree, leaving out the files named in `skip`.
 fn copy_tree(from: &Path, to: &Path, skip: &[&str]) {
     fs::create_dir_all(to).unwrap();
@@ -278,15 +269,7 @@ async fn a_format_1_data_directory_is_served_unchanged() {
     drop(billing);
 
     // The dead letter.
-    let list = c
-        .list_dead_letters(pb::ListDeadLettersRequest {
-            topic: "jobs".into(),
-            group: "workers".into(),
-            limit: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let list = dead_letters(&mut c, "jobs", "workers").await;
     assert_eq!(list.dead_letter_topic, "jobs.workers.dlq");
     assert_eq!(list.dead_letters.len(), 1, "{list:?}");
     let dl = &list.dead_letters[0];

@@ -6,84 +6,16 @@
 mod common;
 
 use std::{
-    collections::BTreeMap,
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    io::Read,
+    net::SocketAddr,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{
-    BrokerProcess, Client, Sub, connect, event, eventually, offset, publish, unused_port,
-};
+use common::{BrokerProcess, Client, Sub, connect, event, offset, publish, unused_port};
 use mesh_proto::broker::v1 as pb;
+use mesh_test_support::prometheus::{Sample, scrape, value};
 use tokio_stream::wrappers::ReceiverStream;
-
-/// One sample of the exposition text: name, labels, value.
-type Sample = (String, BTreeMap<String, String>, f64);
-
-/// `GET /metrics` with a minimal HTTP/1.1 client; the parsed samples.
-fn scrape(addr: SocketAddr) -> std::io::Result<Vec<Sample>> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("no HTTP response: {text:?}")))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(std::io::Error::other(format!("status: {head}")));
-    }
-    Ok(parse(body))
-}
-
-/// Parses the Prometheus text format (enough of it for these metrics:
-/// label values without commas or escaped quotes).
-fn parse(body: &str) -> Vec<Sample> {
-    let mut out = Vec::new();
-    for line in body.lines() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').expect("sample line");
-        let value: f64 = value.parse().expect("sample value");
-        let (name, labels) = match series.split_once('{') {
-            None => (series.to_string(), BTreeMap::new()),
-            Some((name, rest)) => {
-                let rest = rest.strip_suffix('}').expect("closing brace");
-                let labels = rest
-                    .split(',')
-                    .filter(|kv| !kv.is_empty())
-                    .map(|kv| {
-                        let (k, v) = kv.split_once('=').expect("label");
-                        (k.to_string(), v.trim_matches('"').to_string())
-                    })
-                    .collect();
-                (name.to_string(), labels)
-            }
-        };
-        out.push((name, labels, value));
-    }
-    out
-}
-
-/// The sample of `name` whose labels include `labels`; 0 if there is none
-/// yet (a counter appears on its first increment).
-fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
-    let hits: Vec<f64> = samples
-        .iter()
-        .filter(|(n, l, _)| {
-            n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|(_, _, v)| *v)
-        .collect();
-    assert!(hits.len() <= 1, "{name} {labels:?} matches {hits:?}");
-    hits.first().copied().unwrap_or(0.0)
-}
 
 /// The broker's metrics address: a port outside the ephemeral range, which
 /// nothing else takes between the check and the broker's bind (nor between
@@ -327,22 +259,15 @@ async fn a_group_without_members_shows_its_lag_after_a_restart() {
     let mut sub = Sub::open(&mut c, "t", "g", 10).await;
     let d = sub.take(5, Duration::from_secs(10)).await;
     sub.ack(d[..2].iter().map(offset).collect()).await;
-    let c2 = &mut c;
-    assert!(
-        eventually(Duration::from_secs(10), || {
-            let mut c = c2.clone();
-            async move { common::describe(&mut c, "t", "g").await.committed_offset == 2 }
-        })
-        .await
-    );
+    common::wait_committed(&c, "t", "g", 2).await;
     drop(sub);
     // Its dispatcher runs on without members and still shows the lag.
     let gl = [("topic", "t"), ("group", "g")];
-    let (ok, s) = until(maddr, |s| {
+    let shows_the_lag = |s: &[Sample]| {
         value(s, "mesh_broker_group_lag_events", &gl) == 3.0
             && value(s, "mesh_broker_group_oldest_unacked_age_seconds", &gl) > 0.0
-    })
-    .await;
+    };
+    let (ok, s) = until(maddr, shows_the_lag).await;
     assert!(ok, "lag of the group without members:\n{}", dump(&s, "t"));
     drop(c);
     // (sigterm blocks this thread; the client's connection runs on the other.)
@@ -350,11 +275,7 @@ async fn a_group_without_members_shows_its_lag_after_a_restart() {
 
     // After a restart no dispatcher runs for the group until a member joins.
     let broker = BrokerProcess::spawn(dir.path(), &env);
-    let (ok, s) = until(maddr, |s| {
-        value(s, "mesh_broker_group_lag_events", &gl) == 3.0
-            && value(s, "mesh_broker_group_oldest_unacked_age_seconds", &gl) > 0.0
-    })
-    .await;
+    let (ok, s) = until(maddr, shows_the_lag).await;
     assert!(ok, "lag of the idle group:\n{}", dump(&s, "t"));
     assert!(broker.sigterm().success());
 }

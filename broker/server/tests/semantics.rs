@@ -33,20 +33,6 @@ const QUIET: Duration = Duration::from_millis(600);
 
 // ------------------------------------------------------------------ helpers
 
-struct Env {
-    b: TestBroker,
-    c: Client,
-    // Dropped last: the broker must stop before its directory goes away.
-    _dir: tempfile::TempDir,
-}
-
-async fn env(tweak: impl FnOnce(&mut BrokerConfig)) -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let b = TestBroker::start(dir.path(), tweak).await;
-    let c = b.client().await;
-    Env { b, c, _dir: dir }
-}
-
 async fn create_topic_with_attempts(c: &mut Client, name: &str, attempts: u32) {
     let t = c
         .create_topic(pb::CreateTopicRequest {
@@ -76,6 +62,17 @@ async fn publish_many(c: &mut Client, topic: &str, events: Vec<Event>) -> Vec<u6
         offsets.extend(publish(c, topic, batch).await.iter().map(|r| r.offset));
     }
     offsets
+}
+
+/// Publishes `n` events `one-<i>`, then `n` events `two-<i>`; a clock
+/// reading strictly between the two batches' publish times.
+async fn two_batches(c: &mut Client, topic: &str, n: usize) -> SystemTime {
+    publish_many(c, topic, evs("one", n)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let between = SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    publish_many(c, topic, evs("two", n)).await;
+    between
 }
 
 fn open_at(topic: &str, group: &str, credit: u32, pos: Position) -> pb::SubscribeRequest {
@@ -135,16 +132,6 @@ async fn send(s: &Sub, r: Request) {
         .unwrap();
 }
 
-async fn wait_committed(c: &Client, topic: &str, group: &str, committed: u64) {
-    let ok = eventually(WAIT, || {
-        let mut c = c.clone();
-        async move { describe(&mut c, topic, group).await.committed_offset == committed }
-    })
-    .await;
-    let now = describe(&mut c.clone(), topic, group).await;
-    assert!(ok, "committed_offset never reached {committed}: {now:?}");
-}
-
 async fn seek(
     c: &mut Client,
     topic: &str,
@@ -165,8 +152,9 @@ async fn seek(
     .into_inner()
 }
 
-async fn dead_letters(c: &mut Client, topic: &str, group: &str) -> pb::ListDeadLettersResponse {
-    c.list_dead_letters(pb::ListDeadLettersRequest {
+/// RedriveDeadLetters of all the group's dead letters: how many went back.
+async fn redrive(c: &mut Client, topic: &str, group: &str) -> u64 {
+    c.redrive_dead_letters(pb::RedriveDeadLettersRequest {
         topic: topic.into(),
         group: group.into(),
         limit: 0,
@@ -174,6 +162,19 @@ async fn dead_letters(c: &mut Client, topic: &str, group: &str) -> pb::ListDeadL
     .await
     .unwrap()
     .into_inner()
+    .redriven
+}
+
+/// PurgeDeadLetters of the group: how many were dropped.
+async fn purge(c: &mut Client, topic: &str, group: &str) -> u64 {
+    c.purge_dead_letters(pb::PurgeDeadLettersRequest {
+        topic: topic.into(),
+        group: group.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .purged
 }
 
 // -------------------------------------------------------------------- tests
@@ -208,11 +209,7 @@ async fn fan_out_every_group_receives_every_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn competing_consumers_share_the_work_without_overlap() {
     // No redelivery on a deadline may blur "exactly once per event" here.
-    let mut e = env(|c| {
-        c.delivery.ack_deadline = Duration::from_millis(60_000);
-        c.delivery.idle_timeout = Duration::from_millis(60_000);
-    })
-    .await;
+    let mut e = env(no_deadlines).await;
     create_topic(&mut e.c, "work").await;
     let mut s1 = Sub::open(&mut e.c, "work", "g", 10).await;
     let mut s2 = Sub::open(&mut e.c, "work", "g", 10).await;
@@ -353,10 +350,9 @@ async fn redelivery_after_a_nack_delay() {
 async fn redelivery_backoff_grows_with_each_nack() {
     const MIN: u64 = 150;
     let mut e = env(|c| {
+        no_deadlines(c);
         c.delivery.min_backoff = Duration::from_millis(MIN);
         c.delivery.max_backoff = Duration::from_millis(60_000);
-        c.delivery.ack_deadline = Duration::from_millis(30_000);
-        c.delivery.idle_timeout = Duration::from_millis(30_000);
     })
     .await;
     create_topic_with_attempts(&mut e.c, "t", 10).await;
@@ -395,11 +391,7 @@ async fn redelivery_backoff_grows_with_each_nack() {
 /// only, purge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_list_redrive_to_one_group_and_purge() {
-    let mut e = env(|c| {
-        c.delivery.ack_deadline = Duration::from_millis(30_000);
-        c.delivery.idle_timeout = Duration::from_millis(30_000);
-    })
-    .await;
+    let mut e = env(no_deadlines).await;
     create_topic_with_attempts(&mut e.c, "jobs", 2).await;
     let mut workers = Sub::open(&mut e.c, "jobs", "workers", 10).await;
     let mut audit = Sub::open(&mut e.c, "jobs", "audit", 10).await;
@@ -438,16 +430,7 @@ async fn dead_letters_list_redrive_to_one_group_and_purge() {
     assert_eq!(describe(&mut e.c, "jobs", "audit").await.dead_letters, 0);
 
     // Redrive: the group gets it again, marked as redriven...
-    let r =
-        e.c.redrive_dead_letters(pb::RedriveDeadLettersRequest {
-            topic: "jobs".into(),
-            group: "workers".into(),
-            limit: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.redriven, 1);
+    assert_eq!(redrive(&mut e.c, "jobs", "workers").await, 1);
     let d = take_exactly(&mut workers, 1, "redriven copy").await;
     assert_eq!(id(&d[0]), "bad");
     assert_eq!(attr(&d[0], "mesh.redrive.group"), Some("workers"));
@@ -490,24 +473,14 @@ async fn dead_letters_list_redrive_to_one_group_and_purge() {
         );
         workers.nack(offsets(&d), Duration::ZERO, "boom").await;
     }
-    let ok = eventually(WAIT, || {
-        let mut c = e.c.clone();
-        async move { describe(&mut c, "jobs", "workers").await.dead_letters == 1 }
+    wait_group(&e.c, "jobs", "workers", "second dead letter", |i| {
+        i.dead_letters == 1
     })
     .await;
-    assert!(ok, "second dead letter");
     let list = dead_letters(&mut e.c, "jobs", "workers").await;
     assert_eq!(list.dead_letters.len(), 1);
     assert_eq!(list.dead_letters[0].original_offset, redriven_at + 1);
-    let p =
-        e.c.purge_dead_letters(pb::PurgeDeadLettersRequest {
-            topic: "jobs".into(),
-            group: "workers".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(p.purged, 1);
+    assert_eq!(purge(&mut e.c, "jobs", "workers").await, 1);
     assert_eq!(describe(&mut e.c, "jobs", "workers").await.dead_letters, 0);
     assert!(
         dead_letters(&mut e.c, "jobs", "workers")
@@ -516,16 +489,7 @@ async fn dead_letters_list_redrive_to_one_group_and_purge() {
             .is_empty()
     );
     // Purged means gone: a redrive now has nothing to send.
-    let r =
-        e.c.redrive_dead_letters(pb::RedriveDeadLettersRequest {
-            topic: "jobs".into(),
-            group: "workers".into(),
-            limit: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.redriven, 0);
+    assert_eq!(redrive(&mut e.c, "jobs", "workers").await, 0);
     assert!(quiet(&mut workers).await.is_empty());
     drop((workers, audit));
     e.b.stop().await;
@@ -536,11 +500,7 @@ async fn dead_letters_list_redrive_to_one_group_and_purge() {
 /// swallowed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_event_that_fails_again_is_dead_lettered_again() {
-    let mut e = env(|c| {
-        c.delivery.ack_deadline = Duration::from_millis(30_000);
-        c.delivery.idle_timeout = Duration::from_millis(30_000);
-    })
-    .await;
+    let mut e = env(no_deadlines).await;
     create_topic_with_attempts(&mut e.c, "jobs", 1).await;
     let mut s = Sub::open(&mut e.c, "jobs", "g", 10).await;
     publish(&mut e.c, "jobs", vec![event("bad", "", "1")]).await;
@@ -548,15 +508,7 @@ async fn replayed_event_that_fails_again_is_dead_lettered_again() {
     s.nack(offsets(&d), Duration::ZERO, "first").await;
     wait_committed(&e.c, "jobs", "g", 1).await;
     assert_eq!(describe(&mut e.c, "jobs", "g").await.dead_letters, 1);
-    let p =
-        e.c.purge_dead_letters(pb::PurgeDeadLettersRequest {
-            topic: "jobs".into(),
-            group: "g".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(p.purged, 1);
+    assert_eq!(purge(&mut e.c, "jobs", "g").await, 1);
 
     // Replay it; it fails again.
     let r = seek(&mut e.c, "jobs", "g", Position::Offset(0), false).await;
@@ -565,12 +517,10 @@ async fn replayed_event_that_fails_again_is_dead_lettered_again() {
     assert_eq!((offset(&d[0]), d[0].delivery_attempt), (0, 1));
     s.nack(offsets(&d), Duration::ZERO, "second").await;
     wait_committed(&e.c, "jobs", "g", 1).await;
-    let ok = eventually(WAIT, || {
-        let mut c = e.c.clone();
-        async move { describe(&mut c, "jobs", "g").await.dead_lettered == 2 }
+    wait_group(&e.c, "jobs", "g", "second dead-lettering", |i| {
+        i.dead_lettered == 2
     })
     .await;
-    assert!(ok, "second dead-lettering");
     let list = dead_letters(&mut e.c, "jobs", "g").await;
     assert_eq!(list.dead_letters.len(), 1, "the second failure is listed");
     assert_eq!(list.dead_letters[0].original_offset, 0);
@@ -586,12 +536,7 @@ async fn late_group_replays_from_earliest_and_from_a_time() {
     // Asserts exact deliveries: no redelivery may slip in.
     let mut e = env(no_deadlines).await;
     create_topic(&mut e.c, "hist").await;
-    publish_many(&mut e.c, "hist", evs("one", 10)).await;
-    // A clock reading strictly between the two batches' publish times.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let between = SystemTime::now();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    publish_many(&mut e.c, "hist", evs("two", 10)).await;
+    let between = two_batches(&mut e.c, "hist", 10).await;
 
     // An existing group consumes everything first; that changes nothing for
     // the late ones.
@@ -676,11 +621,7 @@ async fn dedupe_returns_the_original_offset_and_delivers_once() {
 /// 7. A failing event holds back its own key and no other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_key_order_holds_under_redelivery() {
-    let mut e = env(|c| {
-        c.delivery.ack_deadline = Duration::from_millis(30_000);
-        c.delivery.idle_timeout = Duration::from_millis(30_000);
-    })
-    .await;
+    let mut e = env(no_deadlines).await;
     create_topic_with_attempts(&mut e.c, "t", 20).await;
     let mut s = Sub::open(&mut e.c, "t", "g", 10).await;
     let evs = vec![
@@ -762,10 +703,9 @@ async fn per_key_order_holds_under_redelivery() {
 async fn stalled_subscriber_holds_bounded_in_flight_and_buffer() {
     const WINDOW: usize = 100;
     let mut e = env(|c| {
+        no_deadlines(c);
         c.limits.group_window = WINDOW;
         c.limits.max_credit = 50;
-        c.delivery.ack_deadline = Duration::from_millis(60_000);
-        c.delivery.idle_timeout = Duration::from_millis(120_000);
     })
     .await;
     create_topic(&mut e.c, "big").await;
@@ -775,13 +715,10 @@ async fn stalled_subscriber_holds_bounded_in_flight_and_buffer() {
     let d = take_exactly(&mut s, 10, "first credit").await;
     assert_eq!(offsets(&d), (0..10).collect::<Vec<_>>());
     // The dispatcher reads ahead up to its window, and no further.
-    let ok = eventually(WAIT, || {
-        let mut c = e.c.clone();
-        async move { describe(&mut c, "big", "slow").await.buffered == WINDOW as u64 }
+    let info = wait_group(&e.c, "big", "slow", "window never filled", |i| {
+        i.buffered == WINDOW as u64
     })
     .await;
-    let info = describe(&mut e.c, "big", "slow").await;
-    assert!(ok, "window never filled: {info:?}");
     assert_eq!(info.in_flight, 10);
     assert_eq!(info.members.len(), 1);
     assert_eq!((info.members[0].in_flight, info.members[0].credit), (10, 0));
@@ -811,11 +748,7 @@ async fn stalled_subscriber_holds_bounded_in_flight_and_buffer() {
 /// once, not after the ack deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnected_members_events_go_to_another_member_at_once() {
-    let mut e = env(|c| {
-        c.delivery.ack_deadline = Duration::from_millis(60_000);
-        c.delivery.idle_timeout = Duration::from_millis(120_000);
-    })
-    .await;
+    let mut e = env(no_deadlines).await;
     create_topic(&mut e.c, "t").await;
     let mut gone = Sub::open(&mut e.c, "t", "g", 10).await;
     let published = publish_many(&mut e.c, "t", evs("e", 10)).await;
@@ -849,17 +782,9 @@ async fn disconnected_members_events_go_to_another_member_at_once() {
 /// time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seek_dry_run_matches_what_is_redelivered() {
-    let mut e = env(|c| {
-        c.delivery.ack_deadline = Duration::from_millis(30_000);
-        c.delivery.idle_timeout = Duration::from_millis(30_000);
-    })
-    .await;
+    let mut e = env(no_deadlines).await;
     create_topic(&mut e.c, "t").await;
-    publish_many(&mut e.c, "t", evs("one", 50)).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let between = SystemTime::now();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    publish_many(&mut e.c, "t", evs("two", 50)).await;
+    let between = two_batches(&mut e.c, "t", 50).await;
 
     let mut s = Sub::open(&mut e.c, "t", "g", 200).await;
     let (d, _) = until_caught_up(&mut s).await;
@@ -888,23 +813,10 @@ async fn seek_dry_run_matches_what_is_redelivered() {
     assert!(quiet(&mut s).await.is_empty(), "exactly 60");
 
     // By time: the second batch again.
-    let dry = seek(
-        &mut e.c,
-        "t",
-        "g",
-        Position::Time(system_time(between)),
-        true,
-    )
-    .await;
+    let second_batch = Position::Time(system_time(between));
+    let dry = seek(&mut e.c, "t", "g", second_batch, true).await;
     assert_eq!((dry.new_offset, dry.events_to_redeliver), (50, 50));
-    let done = seek(
-        &mut e.c,
-        "t",
-        "g",
-        Position::Time(system_time(between)),
-        false,
-    )
-    .await;
+    let done = seek(&mut e.c, "t", "g", second_batch, false).await;
     assert_eq!(done.new_offset, 50);
     let (d, _) = until_caught_up(&mut s).await;
     assert_eq!(offsets(&d), (50..100).collect::<Vec<_>>());
@@ -919,9 +831,8 @@ async fn seek_dry_run_matches_what_is_redelivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caught_up_after_the_backlog_and_periodic_lag() {
     let mut e = env(|c| {
+        no_deadlines(c);
         c.delivery.lag_report_interval = Duration::from_millis(200);
-        c.delivery.ack_deadline = Duration::from_millis(30_000);
-        c.delivery.idle_timeout = Duration::from_millis(30_000);
     })
     .await;
     create_topic(&mut e.c, "t").await;
@@ -999,11 +910,7 @@ async fn caught_up_after_the_backlog_and_periodic_lag() {
 /// been handed out yet: CaughtUp waits for them too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caught_up_waits_for_events_held_behind_their_key() {
-    let mut e = env(|c| {
-        c.delivery.ack_deadline = Duration::from_millis(30_000);
-        c.delivery.idle_timeout = Duration::from_millis(30_000);
-    })
-    .await;
+    let mut e = env(no_deadlines).await;
     create_topic(&mut e.c, "t").await;
     let mut evs: Vec<Event> = (0..4).map(|i| event(&format!("a{i}"), "A", "x")).collect();
     evs.push(event("b0", "B", "x"));
@@ -1049,9 +956,8 @@ async fn committed_progress_survives_consumer_and_broker_restarts() {
     // A long commit interval: what is durable at a clean stop is what the
     // broker commits when members leave and at shutdown.
     let tweak = |c: &mut BrokerConfig| {
+        no_deadlines(c);
         c.delivery.commit_interval = Duration::from_millis(60_000);
-        c.delivery.ack_deadline = Duration::from_millis(30_000);
-        c.delivery.idle_timeout = Duration::from_millis(30_000);
     };
     let b = TestBroker::start(dir.path(), tweak).await;
     let mut c = b.client().await;
@@ -1063,12 +969,7 @@ async fn committed_progress_survives_consumer_and_broker_restarts() {
     let d = take_exactly(&mut s, 50, "first consumer").await;
     assert_eq!(offsets(&d), (0..50).collect::<Vec<_>>());
     s.ack((0..20).collect()).await;
-    let ok = eventually(WAIT, || {
-        let mut c = c.clone();
-        async move { describe(&mut c, "t", "g").await.in_flight == 30 }
-    })
-    .await;
-    assert!(ok, "acks processed");
+    wait_group(&c, "t", "g", "acks processed", |i| i.in_flight == 30).await;
     drop(s);
     wait_committed(&c, "t", "g", 20).await;
 
@@ -1080,12 +981,7 @@ async fn committed_progress_survives_consumer_and_broker_restarts() {
     assert_eq!(offsets(&d), (20..50).collect::<Vec<_>>());
     // Ack ten more; the broker stops before its periodic commit.
     s.ack((20..30).collect()).await;
-    let ok = eventually(WAIT, || {
-        let mut c = c.clone();
-        async move { describe(&mut c, "t", "g").await.in_flight == 20 }
-    })
-    .await;
-    assert!(ok, "acks processed");
+    wait_group(&c, "t", "g", "acks processed", |i| i.in_flight == 20).await;
     b.stop().await;
     drop(s);
 
@@ -1102,12 +998,7 @@ async fn committed_progress_survives_consumer_and_broker_restarts() {
     s.ack(offsets(&d)).await;
     // Acks still queued client-side would be lost with the stream: wait
     // until the broker has them before leaving.
-    let ok = eventually(WAIT, || {
-        let mut c = c.clone();
-        async move { describe(&mut c, "t", "g").await.in_flight == 0 }
-    })
-    .await;
-    assert!(ok, "acks processed");
+    wait_group(&c, "t", "g", "acks processed", |i| i.in_flight == 0).await;
     // The last member leaving commits (the periodic commit is far off).
     drop(s);
     wait_committed(&c, "t", "g", 50).await;

@@ -21,13 +21,7 @@ async fn publish_then_consume_and_ack() {
     let d = s.take(2, Duration::from_secs(20)).await;
     assert_eq!(d.len(), 2);
     s.ack(d.iter().map(offset).collect()).await;
-    assert!(
-        eventually(Duration::from_secs(20), || {
-            let mut c = c.clone();
-            async move { describe(&mut c, "orders", "billing").await.committed_offset == 2 }
-        })
-        .await
-    );
+    wait_committed(&c, "orders", "billing", 2).await;
     drop(s);
     b.stop().await;
 }

@@ -46,21 +46,11 @@ fn grpcurl(block: &str, base: u16) -> String {
     text
 }
 
-/// The body of `GET path` on 127.0.0.1:port (HTTP/1.1, connection close).
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
+/// The exposition text of the metrics endpoint on 127.0.0.1:port.
+fn metrics(port: u16) -> String {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    mesh_test_support::prometheus::metrics_text(addr)
+        .unwrap_or_else(|e| panic!("GET /metrics on port {port}: {e}"))
 }
 
 #[test]
@@ -110,17 +100,17 @@ fn run_local_script_and_readme_service_commands() {
     }
     // Every process serves Prometheus metrics; billing handled the order.
     for i in 0..6 {
-        let body = http_get(mbase + i, "/metrics");
+        let body = metrics(mbase + i);
         assert!(body.contains("# TYPE "), "port {}: {body}", mbase + i);
     }
     // Billing counts the event when its handler returns, after its
     // publish: the order can be SHIPPED a moment before that.
     let series = "mesh_service_events_handled_total{topic=\"orders\",group=\"billing\"}";
     let start = Instant::now();
-    let mut billing = http_get(mbase + 2, "/metrics");
+    let mut billing = metrics(mbase + 2);
     while !billing.contains(series) && start.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(100));
-        billing = http_get(mbase + 2, "/metrics");
+        billing = metrics(mbase + 2);
     }
     assert!(billing.contains(series), "{billing}");
 

@@ -81,6 +81,22 @@ async fn place_n(m: &Mesh, prefix: &str, n: usize) -> Vec<String> {
     ids
 }
 
+/// A mesh of orders, billing and shipping in which `n` orders (`prefix-i`)
+/// were placed and every one reached its final status.
+async fn settled_orders(prefix: &str, n: usize) -> Mesh {
+    let mut m = Mesh::new();
+    for s in ["orders", "billing", "shipping"] {
+        m.start(s);
+    }
+    let ids = place_n(&m, prefix, n).await;
+    assert!(
+        eventually(LONG, || all_final(&m, &ids)).await,
+        "orders did not settle:\n{}",
+        m.logs()
+    );
+    m
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn happy_path_and_declined_order() {
     let mut m = Mesh::new();
@@ -263,16 +279,7 @@ async fn sigkill_shipping_mid_stream_loses_and_doubles_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn analytics_started_late_matches_the_orders_placed() {
-    let mut m = Mesh::new();
-    for s in ["orders", "billing", "shipping"] {
-        m.start(s);
-    }
-    let ids = place_n(&m, "late", 100).await;
-    assert!(
-        eventually(LONG, || all_final(&m, &ids)).await,
-        "orders did not settle:\n{}",
-        m.logs()
-    );
+    let mut m = settled_orders("late", 100).await;
     m.start("analytics");
     let mut a = m.analytics().await;
     let deadline = tokio::time::Instant::now() + LONG;
@@ -410,16 +417,7 @@ async fn bad_requests_name_the_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tutorial_consumer_receives_events() {
-    let mut m = Mesh::new();
-    for s in ["orders", "billing", "shipping"] {
-        m.start(s);
-    }
-    let ids = place_n(&m, "tut", 4).await;
-    assert!(
-        eventually(LONG, || all_final(&m, &ids)).await,
-        "{}",
-        m.logs()
-    );
+    let mut m = settled_orders("tut", 4).await;
     m.start("notifications");
     let mut b = m.broker_client().await;
     let done = eventually(LONG, || {

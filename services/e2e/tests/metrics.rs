@@ -4,66 +4,11 @@
 
 mod common;
 
-use std::{
-    collections::BTreeMap,
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use common::*;
 use mesh_proto::orders::v1::{GetOrderRequest, OrderStatus};
-
-/// One sample of the exposition text: name, labels, value.
-type Sample = (String, BTreeMap<String, String>, f64);
-
-/// `GET /metrics` with a minimal HTTP/1.1 client; the parsed samples.
-fn scrape(addr: SocketAddr) -> std::io::Result<Vec<Sample>> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("no HTTP response: {text:?}")))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(std::io::Error::other(format!("status: {head}")));
-    }
-    let mut out = Vec::new();
-    for line in body.lines() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').expect("sample line");
-        let (name, labels) = match series.split_once('{') {
-            None => (series.to_string(), BTreeMap::new()),
-            Some((name, rest)) => (
-                name.to_string(),
-                rest.trim_end_matches('}')
-                    .split(',')
-                    .filter_map(|kv| kv.split_once('='))
-                    .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
-                    .collect(),
-            ),
-        };
-        out.push((name, labels, value.parse().expect("sample value")));
-    }
-    Ok(out)
-}
-
-/// The sample of `name` with these labels (and maybe more); 0 if absent.
-fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples
-        .iter()
-        .find(|(n, l, _)| {
-            n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map_or(0.0, |s| s.2)
-}
+use mesh_test_support::prometheus::{scrape, value};
 
 /// A port for a child's metrics listener. Not from `bind(0)`: a port the
 /// kernel handed out and took back can go to any other connection before

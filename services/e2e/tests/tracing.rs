@@ -227,17 +227,11 @@ async fn one_order_is_one_trace_across_every_service_and_the_broker() {
     // ... and what billing publishes continues the same trace.
     let pay_send = find("billing", "send payments");
     assert_eq!(pay_send.parent, billed.span_id);
-    let pay_publish = spans
-        .iter()
-        .find(|s| s.service == "broker" && s.name == "publish payments")
-        .unwrap();
+    let pay_publish = find("broker", "publish payments");
     assert_eq!(pay_publish.parent, pay_send.span_id);
     let shipped = find("shipping", "process payments");
     assert_eq!(shipped.parent, pay_publish.span_id);
-    let ship_publish = spans
-        .iter()
-        .find(|s| s.service == "broker" && s.name == "publish shipments")
-        .unwrap();
+    let ship_publish = find("broker", "publish shipments");
     assert_eq!(
         parent_of(ship_publish).map(|p| p.service.as_str()),
         Some("shipping")

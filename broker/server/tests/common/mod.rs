@@ -31,6 +31,10 @@ pub use mesh_test_support::eventually;
 
 pub type Client = BrokerClient<Channel>;
 
+/// How long a group may take to reach a state a test waits for: an upper
+/// bound only, generous for a loaded 2-core machine.
+pub const GROUP_WAIT: Duration = Duration::from_secs(20);
+
 /// Settings that make timing-based behaviour quick in tests.
 pub fn test_config(dir: &Path) -> BrokerConfig {
     let mut c = BrokerConfig {
@@ -135,6 +139,24 @@ impl TestBroker {
                 .unwrap();
         }
     }
+}
+
+/// A broker in this process on a data directory of its own, and a client.
+pub struct Env {
+    /// The broker; `b.stop().await` ends a test that drained cleanly.
+    pub b: TestBroker,
+    /// A client of `b`, cloned wherever a test needs a second handle.
+    pub c: Client,
+    /// Dropped last: the broker must stop before its directory goes away.
+    _dir: tempfile::TempDir,
+}
+
+/// Starts a broker (test settings, then `tweak`) on a fresh directory.
+pub async fn env(tweak: impl FnOnce(&mut BrokerConfig)) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start(dir.path(), tweak).await;
+    let c = b.client().await;
+    Env { b, c, _dir: dir }
 }
 
 pub async fn connect(addr: SocketAddr) -> Result<Client, tonic::transport::Error> {
@@ -399,9 +421,62 @@ pub fn id(d: &pb::Delivery) -> String {
 }
 
 pub async fn describe(c: &mut Client, topic: &str, group: &str) -> pb::GroupInfo {
+    try_describe(c, topic, group).await.unwrap()
+}
+
+/// DescribeGroup, for tests that expect it to be refused.
+pub async fn try_describe(
+    c: &mut Client,
+    topic: &str,
+    group: &str,
+) -> Result<pb::GroupInfo, tonic::Status> {
     c.describe_group(pb::DescribeGroupRequest {
         topic: topic.into(),
         group: group.into(),
+    })
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// Polls DescribeGroup until `f` holds of its answer, for at most
+/// `GROUP_WAIT`, and returns that answer; panics with `what` and the last
+/// answer if it never came. `f` checks what the caller then asserts.
+pub async fn wait_group(
+    c: &Client,
+    topic: &str,
+    group: &str,
+    what: &str,
+    f: impl Fn(&pb::GroupInfo) -> bool,
+) -> pb::GroupInfo {
+    let f = &f;
+    let held = mesh_test_support::eventually_some(GROUP_WAIT, || {
+        let mut c = c.clone();
+        async move {
+            let info = describe(&mut c, topic, group).await;
+            f(&info).then_some(info)
+        }
+    })
+    .await;
+    match held {
+        Some(info) => info,
+        None => {
+            let now = describe(&mut c.clone(), topic, group).await;
+            panic!("{topic}/{group}: {what}: {now:?}")
+        }
+    }
+}
+
+/// Waits until the group has committed exactly `committed`.
+pub async fn wait_committed(c: &Client, topic: &str, group: &str, committed: u64) {
+    let what = format!("committed_offset never reached {committed}");
+    wait_group(c, topic, group, &what, |i| i.committed_offset == committed).await;
+}
+
+pub async fn dead_letters(c: &mut Client, topic: &str, group: &str) -> pb::ListDeadLettersResponse {
+    c.list_dead_letters(pb::ListDeadLettersRequest {
+        topic: topic.into(),
+        group: group.into(),
+        limit: 0,
     })
     .await
     .unwrap()
