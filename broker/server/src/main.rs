@@ -5,8 +5,8 @@
 
 use std::process::ExitCode;
 
-use broker::BrokerConfig;
 use clap::Parser;
+use mesh_broker::BrokerConfig;
 use mesh_runtime::cli::{self, Cli, Command};
 
 fn main() -> ExitCode {
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
             // A line for scripts and tests that bind port 0.
             println!("broker listening on {addr}");
         }
-        match broker::run(cfg, listener, mesh_runtime::shutdown_signal()).await {
+        match mesh_broker::run(cfg, listener, mesh_runtime::shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "broker failed");

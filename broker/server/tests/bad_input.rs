@@ -13,8 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use broker::BrokerConfig;
 use common::*;
+use mesh_broker::BrokerConfig;
 use mesh_proto::broker::v1::{
     self as pb, start_position::Position, subscribe_request::Request, subscribe_response::Response,
 };
@@ -885,12 +885,12 @@ fn bad_configuration_stops_the_binary_with_status_2_naming_the_key() {
         std::fs::write(&path, text).unwrap();
         assert_config_refused(d, &["--config", path.to_str().unwrap()], &[], key);
         // The library says the same.
-        let e = broker::BrokerConfig::load(Some(&path)).unwrap_err();
+        let e = mesh_broker::BrokerConfig::load(Some(&path)).unwrap_err();
         assert!(e.to_string().contains(key), "{e}");
     }
     // A nested unknown key names its section too.
     let path = d.join("nested.toml");
     std::fs::write(&path, "[delivery]\nack_deadline_secs = 5\n").unwrap();
-    let e = broker::BrokerConfig::load(Some(&path)).unwrap_err();
+    let e = mesh_broker::BrokerConfig::load(Some(&path)).unwrap_err();
     assert!(e.to_string().contains("delivery"), "{e}");
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use broker::{
+use mesh_broker::{
     BrokerConfig,
     config::{ConfigError, Fsync},
 };

@@ -9,7 +9,7 @@
 //! replay test: a failing replay means the broker no longer reads old data):
 //!
 //! ```text
-//! cargo test -p broker --test fixture_v1 -- --ignored generate_fixture_v1
+//! cargo test -p mesh-broker --test fixture_v1 -- --ignored generate_fixture_v1
 //! ```
 //!
 //! It drives the real `broker` binary over gRPC into a temporary directory,

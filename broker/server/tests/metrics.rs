@@ -284,7 +284,7 @@ async fn a_group_without_members_shows_its_lag_after_a_restart() {
 fn the_operations_doc_lists_every_metric() {
     let doc = mesh_test_support::doc("docs/operations.md");
     let section = doc.section("## Metrics");
-    for name in broker::metrics::ALL {
+    for name in mesh_broker::metrics::ALL {
         assert!(section.contains(&format!("| `{name}` |")), "{name}");
     }
 }

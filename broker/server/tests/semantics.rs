@@ -14,8 +14,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use broker::BrokerConfig;
 use common::*;
+use mesh_broker::BrokerConfig;
 use mesh_proto::{
     broker::v1::{
         self as pb, start_position::Position, subscribe_request::Request,

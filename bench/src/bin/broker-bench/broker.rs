@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use broker::{BrokerConfig, config};
+use mesh_broker::{BrokerConfig, config};
 use mesh_proto::broker::v1::{self as pb, broker_client::BrokerClient};
 use tokio::{runtime::Runtime, sync::oneshot};
 use tonic::transport::{Channel, Endpoint};
@@ -49,14 +49,14 @@ pub fn runtime(name: &str) -> Res<Runtime> {
         .map_err(err)
 }
 
-/// `broker::run` on the broker runtime, with a fresh data directory.
+/// `mesh_broker::run` on the broker runtime, with a fresh data directory.
 pub struct RunningBroker {
     /// Where the clients connect.
     pub addr: SocketAddr,
     /// Tells the broker to shut down gracefully.
     stop: Option<oneshot::Sender<()>>,
     /// The broker's task; joined by `stop`.
-    task: Option<tokio::task::JoinHandle<Result<(), broker::BrokerError>>>,
+    task: Option<tokio::task::JoinHandle<Result<(), mesh_broker::BrokerError>>>,
     /// The data directory, removed when the broker is dropped.
     _dir: RunDir,
 }
@@ -70,7 +70,7 @@ impl RunningBroker {
             .map_err(err)?;
         let addr = listener.local_addr().map_err(err)?;
         let (stop, rx) = oneshot::channel::<()>();
-        let task = rt.spawn(broker::run(cfg, listener, async move {
+        let task = rt.spawn(mesh_broker::run(cfg, listener, async move {
             let _ = rx.await;
         }));
         Ok(RunningBroker {

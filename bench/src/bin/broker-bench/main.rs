@@ -7,7 +7,7 @@
 //!     [--only publish,unary,baseline,consume,latency]
 //! ```
 //!
-//! A real broker (`broker::run`, default config, `fsync = always`) runs in
+//! A real broker (`mesh_broker::run`, default config, `fsync = always`) runs in
 //! this process on 127.0.0.1:0 with a fresh data directory, on its own
 //! tokio runtime (threads named `broker`). The clients are real tonic
 //! clients on a second runtime (threads named `client`), each stream on its

@@ -16,7 +16,7 @@ pub fn write(args: &Args, r: &Results) -> String {
     let (workers, cores) = (r.workers, r.cores);
     let _ = writeln!(
         out,
-        "broker-bench{}: broker::run in-process on 127.0.0.1, default BrokerConfig with \
+        "broker-bench{}: mesh_broker::run in-process on 127.0.0.1, default BrokerConfig with \
          fsync = {}, {} round(s); tokio runtimes: broker {workers} workers, clients {workers} \
          workers, on {cores} cores shared by both; 1 KiB events (data 1024 B, unique id, no \
          subject); dir {}\n",

@@ -1,5 +1,5 @@
 //! Test harness: a real broker on an ephemeral 127.0.0.1 port (in-process
-//! through `broker::run`, or as a child process), and thin real-gRPC
+//! through `mesh_broker::run`, or as a child process), and thin real-gRPC
 //! client helpers.
 #![allow(dead_code)]
 
@@ -11,8 +11,8 @@ use std::{
     time::Duration,
 };
 
-use broker::BrokerConfig;
 use bytes::Bytes;
+use mesh_broker::BrokerConfig;
 use mesh_proto::{
     broker::v1::{
         self as pb, broker_client::BrokerClient, subscribe_request::Request,
@@ -84,7 +84,7 @@ pub struct TestBroker {
     pub addr: SocketAddr,
     pub dir: PathBuf,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), broker::BrokerError>>>,
+    task: Option<tokio::task::JoinHandle<Result<(), mesh_broker::BrokerError>>>,
 }
 
 impl TestBroker {
@@ -95,7 +95,7 @@ impl TestBroker {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(broker::run(cfg, listener, async move {
+        let task = tokio::spawn(mesh_broker::run(cfg, listener, async move {
             let _ = rx.await;
         }));
         let b = TestBroker {
