@@ -70,29 +70,24 @@ pub(crate) struct SegmentFile {
 impl SegmentFile {
     /// Creates a new, empty segment file. The caller fsyncs the directory.
     pub fn create(dir: &Path, base: u64, max_body: usize) -> Result<Self> {
-        let path = log_path(dir, base);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        Ok(SegmentFile {
+        Self::open_with(
+            dir,
             base,
-            path,
-            file,
             max_body,
-        })
+            OpenOptions::new().write(true).create_new(true),
+        )
     }
 
     /// Opens an existing segment file, writable only if `write`.
     pub fn open(dir: &Path, base: u64, write: bool, max_body: usize) -> Result<Self> {
+        Self::open_with(dir, base, max_body, OpenOptions::new().write(write))
+    }
+
+    /// Opens the file of segment `base` in `dir` for reading, and as `opts`
+    /// say for the rest.
+    fn open_with(dir: &Path, base: u64, max_body: usize, opts: &mut OpenOptions) -> Result<Self> {
         let path = log_path(dir, base);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(write)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        let file = opts.read(true).open(&path).map_err(io_err(&path))?;
         Ok(SegmentFile {
             base,
             path,

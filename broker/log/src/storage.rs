@@ -141,6 +141,16 @@ impl LocalStorage {
         })
     }
 
+    /// Every open topic, as of now.
+    fn all(&self) -> Vec<Arc<TopicLog>> {
+        self.topics
+            .read()
+            .expect("topics lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
     pub fn get(&self, name: &str) -> Result<Arc<TopicLog>> {
         self.topics
             .read()
@@ -267,13 +277,7 @@ impl Storage for LocalStorage {
     }
 
     async fn enforce_retention(&self) -> Result<BTreeMap<String, RetentionReport>> {
-        let logs: Vec<_> = self
-            .topics
-            .read()
-            .expect("topics lock")
-            .values()
-            .cloned()
-            .collect();
+        let logs = self.all();
         blocking("enforce_retention", move || {
             let now = now_us();
             let mut out = BTreeMap::new();
@@ -286,13 +290,7 @@ impl Storage for LocalStorage {
     }
 
     async fn close(&self) {
-        let logs: Vec<_> = self
-            .topics
-            .read()
-            .expect("topics lock")
-            .values()
-            .cloned()
-            .collect();
+        let logs = self.all();
         let _ = blocking("close", move || {
             for log in logs {
                 log.close();
