@@ -4,8 +4,9 @@
 //! values they are made of.
 //!
 //! Durations are written `"30s"`, `"100ms"`, `"1h 30m"` (humantime); a
-//! bare number means milliseconds, so the old `*_ms` keys (kept as serde
-//! aliases) and their environment variables mean what they meant. Sizes
+//! bare number means milliseconds, so the old `*_ms` keys and their
+//! environment variables mean what they meant: every key ending in `_ms`
+//! is read as the key without it, in the file and in the environment alike. Sizes
 //! are a number of bytes or `"64MiB"`, `"1 GB"` (bytesize).
 
 use std::{fmt, net::SocketAddr, path::Path, str::FromStr, time::Duration};
@@ -32,28 +33,93 @@ pub fn load<T: DeserializeOwned>(
         b = b.set_default(*k, *v)?;
     }
     b = match path {
-        Some(p) => b.add_source(::config::File::from(p).required(true)),
-        None => b.add_source(::config::File::with_name(default_file).required(false)),
+        Some(p) => b.add_source(OldKeys(::config::File::from(p).required(true))),
+        None => b.add_source(OldKeys(
+            ::config::File::with_name(default_file).required(false),
+        )),
     };
-    Ok(b.add_source(
+    Ok(b.add_source(OldKeys(
         ::config::Environment::with_prefix(prefix)
             .prefix_separator("__")
             .separator("__")
             .try_parsing(true),
-    )
+    ))
     .build()?
     .try_deserialize()?)
 }
 
+/// A source whose old `*_ms` keys are renamed to the key without the
+/// suffix (`ack_deadline_ms = 3000` is `ack_deadline = 3000`, a bare number
+/// being milliseconds) before the sources are merged. Renaming per source
+/// keeps the precedence: an old key in the environment still overrides the
+/// new one in the file, and the other way round, instead of the two
+/// reaching serde as a duplicate field.
+#[derive(Clone, Debug)]
+struct OldKeys<S>(S);
+
+impl<S: ::config::Source + Clone + Send + Sync + 'static> ::config::Source for OldKeys<S> {
+    fn clone_into_box(&self) -> Box<dyn ::config::Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<::config::Map<String, ::config::Value>, ::config::ConfigError> {
+        rename_old_keys(self.0.collect()?)
+    }
+}
+
+fn rename_old_keys(
+    table: ::config::Map<String, ::config::Value>,
+) -> Result<::config::Map<String, ::config::Value>, ::config::ConfigError> {
+    let mut out = ::config::Map::new();
+    for (key, value) in table {
+        let new = match key.strip_suffix("_ms") {
+            Some(base) if !base.is_empty() && !base.ends_with('.') => base.to_string(),
+            _ => key.clone(),
+        };
+        let value = rename_in(value)?;
+        if out.insert(new.clone(), value).is_some() {
+            return Err(::config::ConfigError::Message(format!(
+                "`{new}` is set twice (also as its old name `{new}_ms`); keep one"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+fn rename_in(value: ::config::Value) -> Result<::config::Value, ::config::ConfigError> {
+    use ::config::ValueKind;
+    let origin = value.origin().map(str::to_string);
+    let kind = match value.kind {
+        ValueKind::Table(t) => ValueKind::Table(rename_old_keys(t)?),
+        ValueKind::Array(a) => {
+            ValueKind::Array(a.into_iter().map(rename_in).collect::<Result<_, _>>()?)
+        }
+        other => other,
+    };
+    Ok(::config::Value::new(origin.as_ref(), kind))
+}
+
 /// How a process writes its log lines.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum LogFormat {
     /// Human-readable lines.
     #[default]
     Text,
     /// One JSON object per line, for log collectors.
     Json,
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("{s:?} is not \"text\" or \"json\"")),
+        }
+    }
 }
 
 impl LogFormat {

@@ -29,13 +29,21 @@ fn invalid<T>(key: &'static str, reason: impl Into<String>) -> Result<T, ConfigE
 
 /// How appends reach the disk before they are acknowledged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum Fsync {
     /// Acknowledged only after fdatasync (shared by concurrent appends).
     #[default]
     Always,
     /// Acknowledged once written to the OS, synced every `fsync_interval`.
     Interval,
+}
+
+impl TryFrom<String> for Fsync {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
 }
 
 impl std::str::FromStr for Fsync {

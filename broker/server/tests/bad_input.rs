@@ -848,7 +848,7 @@ fn bad_configuration_stops_the_binary_with_status_2_naming_the_key() {
         (
             "BROKER__DELIVERY__ACK_DEADLINE_MS",
             "soon",
-            "delivery.ack_deadline_ms",
+            "delivery.ack_deadline",
         ),
         (
             "BROKER__DELIVERY__ACK_DEADLINE",
@@ -888,6 +888,38 @@ fn bad_configuration_stops_the_binary_with_status_2_naming_the_key() {
         let e = mesh_broker::BrokerConfig::load(Some(&path)).unwrap_err();
         assert!(e.to_string().contains(key), "{e}");
     }
+    // Old and new spellings mix across the file and the environment (the
+    // one set later wins, no "duplicate field"), and the zero that wins is
+    // refused: the repo's broker.toml (new keys) under an old env key, an
+    // old file key under a new env key. Both spellings in one file are an
+    // error naming the key.
+    let repo_toml = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../broker.toml");
+    assert_config_refused(
+        d,
+        &["--config", repo_toml.to_str().unwrap()],
+        &[("BROKER__DELIVERY__ACK_DEADLINE_MS", "0")],
+        "`delivery.ack_deadline`: must be greater than 0",
+    );
+    let old_file = d.join("old.toml");
+    std::fs::write(&old_file, "[delivery]\nack_deadline_ms = 3000\n").unwrap();
+    assert_config_refused(
+        d,
+        &["--config", old_file.to_str().unwrap()],
+        &[("BROKER__DELIVERY__ACK_DEADLINE", "0s")],
+        "`delivery.ack_deadline`: must be greater than 0",
+    );
+    let both = d.join("both.toml");
+    std::fs::write(
+        &both,
+        "[delivery]\nack_deadline_ms = 3000\nack_deadline = \"3s\"\n",
+    )
+    .unwrap();
+    assert_config_refused(
+        d,
+        &["--config", both.to_str().unwrap()],
+        &[],
+        "`ack_deadline` is set twice",
+    );
     // A nested unknown key names its section too.
     let path = d.join("nested.toml");
     std::fs::write(&path, "[delivery]\nack_deadline_secs = 5\n").unwrap();
