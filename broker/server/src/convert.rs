@@ -1,10 +1,11 @@
-//! Conversions between the log's records and the API's messages. The
+//! Conversions between stored records and the API's messages. The
 //! time conversions are `mesh_runtime::time`'s and the clock is the log's
 //! (`mesh_log::now_us`, the clock record timestamps come from), re-exported
 //! here for the handlers.
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use mesh_log::Record;
 use mesh_proto::events::v1::{Event, StoredEvent};
 use prost::Message;
@@ -21,8 +22,29 @@ pub fn std_duration(d: &prost_types::Duration, field: &str) -> Result<Duration> 
         .ok_or_else(|| BrokerError::invalid(field, "must be a non-negative duration"))
 }
 
+/// One stored event, as read: its payload is the encoded event envelope.
+#[derive(Clone, Debug)]
+pub struct StoredRecord {
+    /// Its position in the topic.
+    pub offset: u64,
+    /// When it was published (wall clock, microseconds since the epoch).
+    pub timestamp_us: i64,
+    /// The encoded `Event`; shares the read buffer.
+    pub payload: Bytes,
+}
+
+impl From<Record> for StoredRecord {
+    fn from(r: mesh_log::Record) -> Self {
+        StoredRecord {
+            offset: r.offset,
+            timestamp_us: r.timestamp_us,
+            payload: r.payload,
+        }
+    }
+}
+
 /// Decodes a stored record back into the event the API delivers.
-pub fn stored_event(topic: &str, r: &Record) -> Result<StoredEvent> {
+pub fn stored_event(topic: &str, r: &StoredRecord) -> Result<StoredEvent> {
     let event = Event::decode(r.payload.clone()).map_err(|e| {
         BrokerError::FailedPrecondition(format!(
             "record at offset {} of topic {topic:?} is not an event envelope: {e}",

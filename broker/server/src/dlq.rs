@@ -161,7 +161,7 @@ pub async fn list(
     let records = storage.read(&name, cursor, limit, 16 << 20).await?;
     let mut out = Vec::with_capacity(records.len());
     for r in records {
-        let mut stored = convert::stored_event(&name, &r)?;
+        let mut stored = convert::stored_event(&name, &r.clone().into())?;
         let ev = stored.event.get_or_insert_with(Event::default);
         let a = &ev.attributes;
         let dl = pb::DeadLetter {

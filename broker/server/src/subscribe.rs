@@ -20,7 +20,6 @@ use std::{
     time::Duration,
 };
 
-use mesh_log::LogError;
 use mesh_proto::broker::v1::{
     self as pb, SubscribeRequest, SubscribeResponse, start_position::Position,
     subscribe_request::Request, subscribe_response::Response,
@@ -31,7 +30,10 @@ use tonic::{Status, Streaming};
 use crate::{
     convert, dlq,
     error::{BrokerError, Result},
-    group::{Cmd, GroupHandle, JoinRequest, LogStore, Outbound, Start, member_id, resolve_start},
+    group::{
+        Cmd, GroupHandle, JoinRequest, LogTopic, Outbound, ReadError, Start, TopicStore, member_id,
+        resolve_start,
+    },
     outbox::{self, Outbox, OutboxStream},
     state::Shared,
 };
@@ -170,11 +172,11 @@ pub async fn subscribe(
     let open = validate_open(&broker, open)?;
     broker.ensure_topic("open.topic", &open.topic).await?;
     if open.group.is_empty() {
-        let store = LogStore::new(broker.storage.clone(), broker.cfg.clone(), &open.topic, "");
+        let store = LogTopic::new(broker.storage.clone(), &open.topic);
         let start = resolve_start(&store, open.start).await?;
         tokio::spawn(async move {
             let _slot = (slot, crate::metrics::Connected::subscriber());
-            tail(broker, open, start, inbound, tx).await;
+            tail(broker, &store, open, start, inbound, tx).await;
         });
     } else {
         let handle =
@@ -368,6 +370,7 @@ async fn handle_request(
 /// An ephemeral, auto-acking reader: no group, nothing stored.
 async fn tail(
     broker: Arc<Shared>,
+    store: &dyn TopicStore,
     open: Opened,
     start: u64,
     mut inbound: Streaming<SubscribeRequest>,
@@ -382,7 +385,7 @@ async fn tail(
             committed: start,
         })))
         .await;
-    let Ok(mut head) = broker.storage.watch_head(&open.topic) else {
+    let Ok(mut head) = store.watch_head() else {
         return;
     };
     let mut heartbeat = tokio::time::interval(broker.cfg.delivery.heartbeat_interval);
@@ -396,18 +399,14 @@ async fn tail(
     // reads, and a stalled tail holds little more than its outbox.
     let read_bytes = (broker.cfg.limits.subscriber_buffer_bytes / 4).clamp(1, 1 << 20);
     loop {
-        let records = match broker
-            .storage
-            .read(&open.topic, pos, batch, read_bytes)
-            .await
-        {
+        let records = match store.read(pos, batch, read_bytes).await {
             Ok(r) => r,
-            Err(LogError::OffsetTruncated { earliest, .. }) => {
+            Err(ReadError::Truncated { earliest }) => {
                 pos = earliest;
                 continue;
             }
-            Err(e) => {
-                tx.finish(Status::from(BrokerError::from(e)));
+            Err(ReadError::Damaged(e) | ReadError::Failed(e)) => {
+                tx.finish(Status::from(e));
                 return;
             }
         };

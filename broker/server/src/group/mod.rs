@@ -7,8 +7,9 @@
 //! - [`actor`]: the tokio task around it: commands from sessions,
 //!   storage calls as spawned futures that report back by message, so a
 //!   slow disk never delays an ack or a credit.
-//! - [`store`]: [`GroupStore`], what a group needs from storage, and its
-//!   implementation on the embedded log.
+//! - [`store`]: [`TopicStore`] (what every reader of a topic, tails too,
+//!   needs from storage) and [`GroupStore`] (a group's position and
+//!   dead letters on top), and their implementation on the embedded log.
 //!
 //! The rules the two keep:
 //!
@@ -42,7 +43,7 @@ use mesh_proto::broker::v1 as pb;
 use tokio::sync::mpsc;
 
 pub use actor::{Cmd, GroupHandle, spawn};
-pub use store::{GroupStore, LogStore, resolve_start};
+pub use store::{GroupStore, LogStore, LogTopic, ReadError, TopicStore, resolve_start};
 pub use window::GroupWindow;
 
 /// What a member's session receives.

@@ -1,11 +1,14 @@
-//! What one consumer group needs from storage, as a trait.
+//! What readers of a topic need from storage, as two traits.
 //!
-//! [`GroupStore`] is the seam between a group's dispatcher and whatever
-//! keeps the topic's events and the group's position. [`LogStore`]
-//! implements it on the embedded log ([`mesh_log::Storage`]) and the
+//! [`TopicStore`] is what every reader of one topic needs (bounds, the
+//! head, reads, time to offset): ephemeral tails use only it.
+//! [`GroupStore`] adds what one consumer group needs (its position, its
+//! dead-letter queue). They are the seam between the broker's readers and
+//! whatever keeps the events and positions: [`LogTopic`] and [`LogStore`]
+//! implement them on the embedded log ([`mesh_log::Storage`]) and the
 //! dead-letter topics of [`crate::dlq`]; a NATS JetStream backend (a
 //! stream per topic, a durable consumer per group) is meant to implement
-//! the same trait later without touching the dispatcher. The signatures
+//! the same traits later without touching the group's actor or the tails. The signatures
 //! therefore use neutral types ([`StoredRecord`], [`ReadError`]), not the
 //! log's.
 //!
@@ -15,27 +18,16 @@
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use mesh_log::{CommitMode, LogError, Storage};
 use tokio::sync::watch;
 
 use super::Start;
+pub use crate::convert::StoredRecord;
 use crate::{
     config::BrokerConfig,
     dlq,
     error::{BrokerError, Result},
 };
-
-/// One stored event, as read: its payload is the encoded event envelope.
-#[derive(Clone, Debug)]
-pub struct StoredRecord {
-    /// Its position in the topic.
-    pub offset: u64,
-    /// When it was published (wall clock, microseconds since the epoch).
-    pub timestamp_us: i64,
-    /// The encoded `Event`; shares the read buffer.
-    pub payload: Bytes,
-}
 
 /// Why a read returned no records.
 #[derive(Debug)]
@@ -57,9 +49,9 @@ pub struct Bounds {
     pub head: u64,
 }
 
-/// Storage as one (topic, group) sees it.
+/// Storage as every reader of one topic sees it.
 #[async_trait]
-pub trait GroupStore: Send + Sync + 'static {
+pub trait TopicStore: Send + Sync + 'static {
     /// The topic's name, for messages.
     fn topic(&self) -> &str;
     /// The topic's offsets now; cheap (cached in memory).
@@ -67,10 +59,6 @@ pub trait GroupStore: Send + Sync + 'static {
     /// Changes whenever the topic's head moves; closes when the topic is
     /// deleted.
     fn watch_head(&self) -> Result<watch::Receiver<u64>>;
-    /// The topic's own `max_delivery_attempts`, if it sets one.
-    fn max_delivery_attempts(&self) -> Result<Option<u32>>;
-    /// The group's durable position: `None` if the group has none yet.
-    fn load_committed(&self) -> Result<Option<u64>>;
     /// Up to `max_records` records from `from` on, and about `max_bytes`
     /// of payload (always at least one record if there is one).
     async fn read(
@@ -79,13 +67,23 @@ pub trait GroupStore: Send + Sync + 'static {
         max_records: usize,
         max_bytes: usize,
     ) -> std::result::Result<Vec<StoredRecord>, ReadError>;
+    /// The first offset published at or after `timestamp_us`.
+    async fn offset_for_time(&self, timestamp_us: i64) -> Result<u64>;
+}
+
+/// Storage as one (topic, group) sees it: the topic's, plus the group's
+/// position and dead-letter queue.
+#[async_trait]
+pub trait GroupStore: TopicStore {
+    /// The topic's own `max_delivery_attempts`, if it sets one.
+    fn max_delivery_attempts(&self) -> Result<Option<u32>>;
+    /// The group's durable position: `None` if the group has none yet.
+    fn load_committed(&self) -> Result<Option<u64>>;
     /// Durably moves the group's position forward to `position`.
     async fn commit(&self, position: u64) -> Result<()>;
     /// Durably sets the group's position to `position`, backwards too
     /// (a seek).
     async fn reset(&self, position: u64) -> Result<()>;
-    /// The first offset published at or after `timestamp_us`.
-    async fn offset_for_time(&self, timestamp_us: i64) -> Result<u64>;
     /// Durably appends a dead letter to the group's dead-letter queue.
     async fn dead_letter(&self, letter: dlq::Letter) -> Result<()>;
     /// How long ago the event at `offset` was published (zero if there is
@@ -95,7 +93,7 @@ pub trait GroupStore: Send + Sync + 'static {
 
 /// Where a start position is in the topic: the one resolution used by
 /// groups (their first join, a seek) and by ephemeral tails.
-pub async fn resolve_start(store: &dyn GroupStore, start: Start) -> Result<u64> {
+pub async fn resolve_start(store: &dyn TopicStore, start: Start) -> Result<u64> {
     let b = store.bounds()?;
     Ok(match start {
         Start::Earliest => b.earliest,
@@ -115,37 +113,25 @@ pub async fn resolve_start(store: &dyn GroupStore, start: Start) -> Result<u64> 
     })
 }
 
-/// [`GroupStore`] on the embedded log.
-pub struct LogStore {
-    /// The log holding the topic, the group's position and its DLQ.
+/// [`TopicStore`] on the embedded log.
+pub struct LogTopic {
+    /// The log holding the topic.
     storage: Arc<dyn Storage>,
-    /// For the dead-letter topic's settings.
-    cfg: Arc<BrokerConfig>,
-    /// The topic the group reads.
+    /// The topic read.
     topic: String,
-    /// The group whose position and DLQ this is; empty for a tail, which
-    /// uses only the topic's methods.
-    group: String,
 }
 
-impl LogStore {
-    pub fn new(
-        storage: Arc<dyn Storage>,
-        cfg: Arc<BrokerConfig>,
-        topic: &str,
-        group: &str,
-    ) -> Self {
-        LogStore {
+impl LogTopic {
+    pub fn new(storage: Arc<dyn Storage>, topic: &str) -> Self {
+        LogTopic {
             storage,
-            cfg,
             topic: topic.to_string(),
-            group: group.to_string(),
         }
     }
 }
 
 #[async_trait]
-impl GroupStore for LogStore {
+impl TopicStore for LogTopic {
     fn topic(&self) -> &str {
         &self.topic
     }
@@ -162,18 +148,6 @@ impl GroupStore for LogStore {
         Ok(self.storage.watch_head(&self.topic)?)
     }
 
-    fn max_delivery_attempts(&self) -> Result<Option<u32>> {
-        Ok(self
-            .storage
-            .topic(&self.topic)?
-            .config
-            .max_delivery_attempts)
-    }
-
-    fn load_committed(&self) -> Result<Option<u64>> {
-        Ok(self.storage.committed(&self.topic, &self.group)?)
-    }
-
     async fn read(
         &self,
         from: u64,
@@ -185,14 +159,7 @@ impl GroupStore for LogStore {
             .read(&self.topic, from, max_records, max_bytes)
             .await
         {
-            Ok(records) => Ok(records
-                .into_iter()
-                .map(|r| StoredRecord {
-                    offset: r.offset,
-                    timestamp_us: r.timestamp_us,
-                    payload: r.payload,
-                })
-                .collect()),
+            Ok(records) => Ok(records.into_iter().map(StoredRecord::from).collect()),
             Err(LogError::OffsetTruncated { earliest, .. }) => {
                 Err(ReadError::Truncated { earliest })
             }
@@ -201,33 +168,107 @@ impl GroupStore for LogStore {
         }
     }
 
-    async fn commit(&self, position: u64) -> Result<()> {
-        self.storage
-            .commit(&self.topic, &self.group, position, CommitMode::Forward)
-            .await?;
-        Ok(())
-    }
-
-    async fn reset(&self, position: u64) -> Result<()> {
-        self.storage
-            .commit(&self.topic, &self.group, position, CommitMode::Reset)
-            .await?;
-        Ok(())
-    }
-
     async fn offset_for_time(&self, timestamp_us: i64) -> Result<u64> {
         Ok(self
             .storage
             .offset_for_time(&self.topic, timestamp_us)
             .await?)
     }
+}
+
+/// [`GroupStore`] on the embedded log.
+pub struct LogStore {
+    /// The topic the group reads, on the log that also holds the group's
+    /// position and its DLQ.
+    log: LogTopic,
+    /// For the dead-letter topic's settings.
+    cfg: Arc<BrokerConfig>,
+    /// The group whose position and DLQ this is.
+    group: String,
+}
+
+impl LogStore {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        cfg: Arc<BrokerConfig>,
+        topic: &str,
+        group: &str,
+    ) -> Self {
+        LogStore {
+            log: LogTopic::new(storage, topic),
+            cfg,
+            group: group.to_string(),
+        }
+    }
+}
+
+/// The topic's part, as the group's own topic.
+#[async_trait]
+impl TopicStore for LogStore {
+    fn topic(&self) -> &str {
+        self.log.topic()
+    }
+
+    fn bounds(&self) -> Result<Bounds> {
+        self.log.bounds()
+    }
+
+    fn watch_head(&self) -> Result<watch::Receiver<u64>> {
+        self.log.watch_head()
+    }
+
+    async fn read(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> std::result::Result<Vec<StoredRecord>, ReadError> {
+        self.log.read(from, max_records, max_bytes).await
+    }
+
+    async fn offset_for_time(&self, timestamp_us: i64) -> Result<u64> {
+        self.log.offset_for_time(timestamp_us).await
+    }
+}
+
+#[async_trait]
+impl GroupStore for LogStore {
+    fn max_delivery_attempts(&self) -> Result<Option<u32>> {
+        Ok(self
+            .log
+            .storage
+            .topic(&self.log.topic)?
+            .config
+            .max_delivery_attempts)
+    }
+
+    fn load_committed(&self) -> Result<Option<u64>> {
+        Ok(self.log.storage.committed(&self.log.topic, &self.group)?)
+    }
+
+    async fn commit(&self, position: u64) -> Result<()> {
+        self.log
+            .storage
+            .commit(&self.log.topic, &self.group, position, CommitMode::Forward)
+            .await?;
+        Ok(())
+    }
+
+    async fn reset(&self, position: u64) -> Result<()> {
+        self.log
+            .storage
+            .commit(&self.log.topic, &self.group, position, CommitMode::Reset)
+            .await?;
+        Ok(())
+    }
 
     async fn dead_letter(&self, letter: dlq::Letter) -> Result<()> {
-        dlq::dead_letter(&*self.storage, &self.cfg, &self.topic, &self.group, letter).await
+        let (storage, topic) = (&*self.log.storage, &self.log.topic);
+        dlq::dead_letter(storage, &self.cfg, topic, &self.group, letter).await
     }
 
     async fn age_at(&self, offset: u64) -> Duration {
-        age_at(&*self.storage, &self.topic, offset).await
+        age_at(&*self.log.storage, &self.log.topic, offset).await
     }
 }
 

@@ -103,13 +103,7 @@ impl Entry {
 }
 
 fn decode(topic: &str, r: &StoredRecord) -> crate::error::Result<StoredEvent> {
-    let record = mesh_log::Record {
-        offset: r.offset,
-        timestamp_us: r.timestamp_us,
-        id_hash: 0,
-        payload: r.payload.clone(),
-    };
-    convert::stored_event(topic, &record)
+    convert::stored_event(topic, r)
 }
 
 /// A connected member, as the window sees it.
