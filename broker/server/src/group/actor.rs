@@ -4,7 +4,7 @@
 //! channel. Its loop never awaits storage: reads, commits, dead-letter
 //! appends, age lookups and the storage calls of a first join or a seek
 //! are spawned futures that report back on the actor's own channel
-//! ([`Done`]), so a slow disk delays no ack and no credit. It keeps:
+//! (`Done`), so a slow disk delays no ack and no credit. It keeps:
 //!
 //! - one read in flight, one commit in flight (the window tracks both);
 //! - a seek's reset waits for the commit in flight, and no commit starts
