@@ -8,7 +8,7 @@ use mesh_proto::broker::v1 as pb;
 use crate::{
     convert, dlq,
     error::{BrokerError, Result},
-    group::{Cmd, LogStore, SeekOutcome, resolve_start},
+    group::{Cmd, GroupStore, LogStore, SeekOutcome, resolve_start},
     state::Shared,
     subscribe::parse_start,
 };
@@ -169,12 +169,14 @@ pub async fn seek_group(broker: &Shared, r: pb::SeekGroupRequest) -> Result<pb::
         &r.topic,
         &r.group,
     );
-    let target = resolve_start(&store, start).await.map_err(|e| match e {
-        BrokerError::InvalidArgument { reason, .. } => {
-            BrokerError::invalid("position.offset", reason)
-        }
-        e => e,
-    })?;
+    let target = resolve_start(store.topic_store(), start)
+        .await
+        .map_err(|e| match e {
+            BrokerError::InvalidArgument { reason, .. } => {
+                BrokerError::invalid("position.offset", reason)
+            }
+            e => e,
+        })?;
     let outcome = match broker.groups.get(&r.topic, &r.group) {
         Some(h) => {
             let (reply, rx) = tokio::sync::oneshot::channel();

@@ -25,7 +25,7 @@ use tokio::{
 };
 
 use super::{
-    JoinRequest, Joined, Outbound, SeekOutcome, Snapshot,
+    GroupHandle, JoinRequest, Joined, Outbound, SeekOutcome, Snapshot,
     store::{GroupStore, LogStore, ReadError, StoredRecord, resolve_start},
     window::{Effect, GroupWindow},
 };
@@ -93,33 +93,6 @@ enum Hold {
     JoinRead,
 }
 
-#[derive(Clone, Debug)]
-pub struct GroupHandle {
-    pub tx: mpsc::Sender<Cmd>,
-}
-
-impl GroupHandle {
-    pub async fn send(&self, cmd: Cmd) -> Result<()> {
-        self.tx
-            .send(cmd)
-            .await
-            .map_err(|_| BrokerError::ShuttingDown)
-    }
-
-    pub async fn describe(&self) -> Result<Snapshot> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Cmd::Describe(tx)).await?;
-        rx.await.map_err(|_| BrokerError::ShuttingDown)
-    }
-
-    pub async fn stop(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Cmd::Stop(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
-    }
-}
-
 /// Starts the actor for `group` on `topic`, on the embedded log.
 pub fn spawn(
     topic: &str,
@@ -142,7 +115,7 @@ pub fn spawn_on(
     let max_attempts = store
         .max_delivery_attempts()?
         .unwrap_or(cfg.delivery.max_delivery_attempts);
-    let head_rx = store.watch_head()?;
+    let head_rx = store.topic_store().watch_head()?;
     let (tx, rx) = mpsc::channel(1024);
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let window = GroupWindow::new(
@@ -225,7 +198,7 @@ impl Actor {
                 },
                 changed = head_rx.changed() => {
                     if changed.is_err() {
-                        let e = BrokerError::NotFound(format!("topic {:?} was deleted", self.store.topic()));
+                        let e = BrokerError::NotFound(format!("topic {:?} was deleted", self.store.topic_store().topic()));
                         self.window.broadcast_error(&e);
                         self.flush();
                         break;
@@ -263,7 +236,10 @@ impl Actor {
         if let Some(r) = self.window.poll_read(now) {
             let (store, done) = (self.store.clone(), self.done.clone());
             tokio::spawn(async move {
-                let records = store.read(r.from, r.max_records, r.max_bytes).await;
+                let records = store
+                    .topic_store()
+                    .read(r.from, r.max_records, r.max_bytes)
+                    .await;
                 let _ = done.send(Done::Read(r.epoch, records));
             });
         }
@@ -359,7 +335,7 @@ impl Actor {
                     let (store, done) = (self.store.clone(), self.done.clone());
                     tokio::spawn(async move {
                         let start = async {
-                            let start = resolve_start(&*store, req.start).await?;
+                            let start = resolve_start(store.topic_store(), req.start).await?;
                             store.commit(start).await?;
                             Ok(start)
                         }
@@ -481,8 +457,8 @@ impl Actor {
     }
 
     fn on_timers(&mut self) {
-        let store = &self.store;
-        let earliest = || store.bounds().map(|b| b.earliest).unwrap_or(0);
+        let topic = self.store.topic_store();
+        let earliest = || topic.bounds().map(|b| b.earliest).unwrap_or(0);
         let measure = self
             .window
             .on_timers(Instant::now(), convert::now_us(), earliest);

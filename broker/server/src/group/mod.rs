@@ -40,9 +40,11 @@ pub mod store;
 pub mod window;
 
 use mesh_proto::broker::v1 as pb;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-pub use actor::{Cmd, GroupHandle, spawn};
+use crate::error::{BrokerError, Result};
+
+pub use actor::{Cmd, spawn};
 pub use store::{GroupStore, LogStore, LogTopic, ReadError, TopicStore, resolve_start};
 pub use window::GroupWindow;
 
@@ -125,4 +127,33 @@ pub struct SeekOutcome {
 /// A member's id as clients see it.
 pub fn member_id(group: &str, id: u64) -> String {
     format!("{group}-{id}")
+}
+
+/// How sessions and admin calls reach a running group's actor.
+#[derive(Clone, Debug)]
+pub struct GroupHandle {
+    /// The actor's command channel (bounded: senders wait when it is full).
+    pub tx: mpsc::Sender<Cmd>,
+}
+
+impl GroupHandle {
+    pub async fn send(&self, cmd: Cmd) -> Result<()> {
+        self.tx
+            .send(cmd)
+            .await
+            .map_err(|_| BrokerError::ShuttingDown)
+    }
+
+    pub async fn describe(&self) -> Result<Snapshot> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::Describe(tx)).await?;
+        rx.await.map_err(|_| BrokerError::ShuttingDown)
+    }
+
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Stop(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
 }

@@ -74,7 +74,9 @@ pub trait TopicStore: Send + Sync + 'static {
 /// Storage as one (topic, group) sees it: the topic's, plus the group's
 /// position and dead-letter queue.
 #[async_trait]
-pub trait GroupStore: TopicStore {
+pub trait GroupStore: Send + Sync + 'static {
+    /// The topic the group reads.
+    fn topic_store(&self) -> &dyn TopicStore;
     /// The topic's own `max_delivery_attempts`, if it sets one.
     fn max_delivery_attempts(&self) -> Result<Option<u32>>;
     /// The group's durable position: `None` if the group has none yet.
@@ -202,37 +204,12 @@ impl LogStore {
     }
 }
 
-/// The topic's part, as the group's own topic.
-#[async_trait]
-impl TopicStore for LogStore {
-    fn topic(&self) -> &str {
-        self.log.topic()
-    }
-
-    fn bounds(&self) -> Result<Bounds> {
-        self.log.bounds()
-    }
-
-    fn watch_head(&self) -> Result<watch::Receiver<u64>> {
-        self.log.watch_head()
-    }
-
-    async fn read(
-        &self,
-        from: u64,
-        max_records: usize,
-        max_bytes: usize,
-    ) -> std::result::Result<Vec<StoredRecord>, ReadError> {
-        self.log.read(from, max_records, max_bytes).await
-    }
-
-    async fn offset_for_time(&self, timestamp_us: i64) -> Result<u64> {
-        self.log.offset_for_time(timestamp_us).await
-    }
-}
-
 #[async_trait]
 impl GroupStore for LogStore {
+    fn topic_store(&self) -> &dyn TopicStore {
+        &self.log
+    }
+
     fn max_delivery_attempts(&self) -> Result<Option<u32>> {
         Ok(self
             .log
