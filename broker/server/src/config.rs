@@ -72,7 +72,7 @@ pub struct BrokerConfig {
     /// Create a topic on first publish or subscribe instead of NOT_FOUND.
     pub auto_create_topics: bool,
     /// After SIGTERM/SIGINT, how long in-flight work may take to finish.
-    #[serde(alias = "drain_deadline_ms", deserialize_with = "rc::duration")]
+    #[serde(deserialize_with = "rc::duration")]
     pub drain_deadline: Duration,
     /// Lines for people or for log pipelines.
     pub log_format: LogFormat,
@@ -94,7 +94,7 @@ pub struct StorageConfig {
     /// When an append counts as durable.
     pub fsync: Fsync,
     /// With `fsync = "interval"`, how often the log syncs.
-    #[serde(alias = "fsync_interval_ms", deserialize_with = "rc::duration")]
+    #[serde(deserialize_with = "rc::duration")]
     pub fsync_interval: Duration,
     /// A segment is sealed past this size; retention deletes whole ones.
     #[serde(deserialize_with = "rc::size")]
@@ -103,15 +103,12 @@ pub struct StorageConfig {
     #[serde(deserialize_with = "rc::size")]
     pub index_interval_bytes: u64,
     /// A producer id seen again within this window is a duplicate.
-    #[serde(alias = "dedupe_window_ms", deserialize_with = "rc::duration")]
+    #[serde(deserialize_with = "rc::duration")]
     pub dedupe_window: Duration,
     /// Ids remembered per topic, so unique ids cannot exhaust memory.
     pub dedupe_max_ids: usize,
     /// How often retention runs.
-    #[serde(
-        alias = "retention_check_interval_ms",
-        deserialize_with = "rc::duration"
-    )]
+    #[serde(deserialize_with = "rc::duration")]
     pub retention_check_interval: Duration,
 }
 
@@ -159,28 +156,28 @@ pub struct LimitsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct DeliveryConfig {
     /// An event not acked within this time is redelivered.
-    #[serde(alias = "ack_deadline_ms", deserialize_with = "rc::duration")]
+    #[serde(deserialize_with = "rc::duration")]
     pub ack_deadline: Duration,
     /// Deliveries of one event before it is dead-lettered.
     pub max_delivery_attempts: u32,
     /// The first redelivery delay, doubled per attempt.
-    #[serde(alias = "min_backoff_ms", deserialize_with = "rc::duration")]
+    #[serde(deserialize_with = "rc::duration")]
     pub min_backoff: Duration,
     /// The cap of the redelivery delay.
-    #[serde(alias = "max_backoff_ms", deserialize_with = "rc::duration")]
+    #[serde(deserialize_with = "rc::duration")]
     pub max_backoff: Duration,
     /// How often every stream gets a heartbeat (and HTTP/2 keepalive).
-    #[serde(alias = "heartbeat_interval_ms", deserialize_with = "rc::duration")]
+    #[serde(deserialize_with = "rc::duration")]
     pub heartbeat_interval: Duration,
     /// A subscriber that sends nothing for this long is disconnected and
     /// its in-flight events go back to the group.
-    #[serde(alias = "idle_timeout_ms", deserialize_with = "rc::duration")]
+    #[serde(deserialize_with = "rc::duration")]
     pub idle_timeout: Duration,
     /// How often each subscriber is told its group's lag.
-    #[serde(alias = "lag_report_interval_ms", deserialize_with = "rc::duration")]
+    #[serde(deserialize_with = "rc::duration")]
     pub lag_report_interval: Duration,
     /// How often a group's moved position is written to disk.
-    #[serde(alias = "commit_interval_ms", deserialize_with = "rc::duration")]
+    #[serde(deserialize_with = "rc::duration")]
     pub commit_interval: Duration,
 }
 
@@ -189,7 +186,7 @@ pub struct DeliveryConfig {
 pub struct TopicDefaults {
     /// Age after which segments go; 0 means keep forever (unless the size
     /// cap applies).
-    #[serde(alias = "retention_ms", deserialize_with = "rc::duration")]
+    #[serde(deserialize_with = "rc::duration")]
     pub retention: Duration,
     /// 0 means no size cap.
     #[serde(deserialize_with = "rc::size")]
@@ -202,7 +199,7 @@ pub struct TopicSpec {
     /// The topic's name.
     pub name: String,
     /// Its age retention, instead of `topic_defaults.retention`.
-    #[serde(default, alias = "retention_ms", deserialize_with = "rc::opt_duration")]
+    #[serde(default, deserialize_with = "rc::opt_duration")]
     pub retention: Option<Duration>,
     /// Its size retention, instead of `topic_defaults.retention_bytes`.
     #[serde(default, deserialize_with = "rc::opt_size")]
