@@ -3,6 +3,7 @@
 //! ```text
 //! <bin> [--config FILE]         run, with settings from FILE
 //! <bin> healthcheck [ADDR]      exit 0 if the gRPC server at ADDR is SERVING
+//!                               (over TLS when the settings configure it)
 //! ```
 //!
 //! `healthcheck` is for container healthchecks (exec form, scratch images
@@ -35,10 +36,17 @@ pub enum Command {
     },
 }
 
-/// Runs the `healthcheck` subcommand: the exit status, with a line on
-/// stderr (prefixed with `who`) when the instance is not healthy.
-pub fn healthcheck(rt: &tokio::runtime::Runtime, who: &str, addr: &str) -> ExitCode {
-    if rt.block_on(crate::grpc::healthcheck(addr)) {
+/// Runs the `healthcheck` subcommand with the instance's own `[tls]`
+/// settings (from the same `--config` and environment): the exit status,
+/// with a line on stderr (prefixed with `who`) when the instance is not
+/// healthy.
+pub fn healthcheck(
+    rt: &tokio::runtime::Runtime,
+    who: &str,
+    addr: &str,
+    tls: &crate::tls::TlsConfig,
+) -> ExitCode {
+    if rt.block_on(crate::grpc::healthcheck(addr, tls)) {
         ExitCode::SUCCESS
     } else {
         eprintln!("{who}: not healthy: {addr}");

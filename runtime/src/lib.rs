@@ -12,6 +12,9 @@
 //! - [`metrics`]: the process-wide Prometheus recorder and its HTTP
 //!   endpoint (the metric names stay with whoever records them).
 //! - [`backoff`]: exponential backoff, plain and with jitter.
+//! - [`tls`]: the `[tls]` section (CA, certificate, key, client auth) as
+//!   tonic server and client TLS, the principal of a client certificate,
+//!   tokens from files and their constant-time check.
 //! - [`time`]: protobuf `Timestamp`/`Duration` to and from micros and std
 //!   types.
 //!
@@ -24,6 +27,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod signal;
 pub mod time;
+pub mod tls;
 
 pub use signal::shutdown_signal;
 

@@ -6,8 +6,13 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use mesh_log::{FsyncPolicy, LogConfig, TopicConfig};
-use mesh_runtime::config::{self as rc, LogFormat};
+use mesh_runtime::{
+    config::{self as rc, LogFormat},
+    tls::{ClientAuth, TlsConfig, opt_path},
+};
 use serde::Deserialize;
+
+use crate::auth::AuthMode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -15,6 +20,9 @@ pub enum ConfigError {
     /// (unknown key, wrong type, bad value); names the key.
     #[error(transparent)]
     Load(#[from] mesh_runtime::RuntimeError),
+    /// A `[tls]` file or setting cannot be used; names the key and file.
+    #[error(transparent)]
+    Tls(#[from] mesh_runtime::tls::TlsError),
     /// The values parse but do not fit together; names the key.
     #[error("configuration key `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
@@ -76,6 +84,26 @@ pub struct BrokerConfig {
     pub drain_deadline: Duration,
     /// Lines for people or for log pipelines.
     pub log_format: LogFormat,
+    /// How clients authenticate: "mtls", "token" or "none". No default:
+    /// unset, the broker refuses to start, so that running open is a
+    /// decision someone wrote down.
+    pub auth: Option<AuthMode>,
+    /// TLS of the gRPC server (`[tls]`): its certificate and key, and the
+    /// CA that signs client certificates. `client_auth` defaults to
+    /// "optional" here: the handshake verifies any certificate presented,
+    /// and a call without one gets UNAUTHENTICATED (health checks stay
+    /// open).
+    pub tls: TlsConfig,
+    /// With auth = "token": each principal and the SHA-256 of its token.
+    #[serde(deserialize_with = "opt_path")]
+    pub token_file: Option<PathBuf>,
+    /// Who may do what (`[[grant]]` entries, see `auth::acl`); unset, every
+    /// call but health checks is denied (unless auth = "none").
+    #[serde(deserialize_with = "opt_path")]
+    pub acl_file: Option<PathBuf>,
+    /// Serve gRPC server reflection: the API's schema (no data), so that
+    /// grpcurl needs no .proto files. Off hides the schema.
+    pub reflection: bool,
     /// How the log stores and syncs (`[storage]`).
     pub storage: StorageConfig,
     /// What one request, stream or group may hold (`[limits]`).
@@ -147,6 +175,32 @@ pub struct LimitsConfig {
     /// RESOURCE_EXHAUSTED, so readers that stall cannot exhaust memory.
     #[serde(deserialize_with = "rc::size")]
     pub max_buffered_bytes: usize,
+    /// Publish and Subscribe streams one client connection may hold open;
+    /// a client that opens more gets RESOURCE_EXHAUSTED.
+    pub max_streams_per_connection: usize,
+    /// HTTP/2 streams (calls of any kind) one connection may have at once;
+    /// past it the client's further calls wait for one to end.
+    pub max_concurrent_requests_per_connection: u32,
+    /// Members one consumer group may have connected at once.
+    pub max_group_members: usize,
+    /// Events per second one principal may publish (0: no limit); past
+    /// it, requests get RESOURCE_EXHAUSTED and nothing of them is written.
+    pub publish_rate_per_principal: u32,
+    /// Events a principal may publish at once above its rate (0: one
+    /// second's worth).
+    pub publish_burst: u32,
+    /// Largest HTTP/2 header list (metadata) of a request.
+    #[serde(deserialize_with = "rc::size")]
+    pub max_header_bytes: u32,
+    /// A connection whose HTTP/2 keepalive ping (sent every
+    /// `delivery.heartbeat_interval`) is not answered within this is
+    /// closed.
+    #[serde(deserialize_with = "rc::duration")]
+    pub keepalive_timeout: Duration,
+    /// A TLS handshake not finished within this is dropped, so that
+    /// connections that never speak cannot pile up.
+    #[serde(deserialize_with = "rc::duration")]
+    pub tls_handshake_timeout: Duration,
 }
 
 /// The keys are durations (`ack_deadline = "30s"`; the old `*_ms` keys
@@ -217,6 +271,14 @@ impl Default for BrokerConfig {
             auto_create_topics: false,
             drain_deadline: Duration::from_secs(10),
             log_format: LogFormat::Text,
+            auth: None,
+            tls: TlsConfig {
+                client_auth: ClientAuth::Optional,
+                ..TlsConfig::default()
+            },
+            token_file: None,
+            acl_file: None,
+            reflection: true,
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
             delivery: DeliveryConfig::default(),
@@ -255,6 +317,14 @@ impl Default for LimitsConfig {
             group_window_bytes: 64 << 20,
             subscriber_buffer_bytes: 1 << 20,
             max_buffered_bytes: 256 << 20,
+            max_streams_per_connection: 64,
+            max_concurrent_requests_per_connection: 256,
+            max_group_members: 256,
+            publish_rate_per_principal: 0,
+            publish_burst: 0,
+            max_header_bytes: 16 << 10,
+            keepalive_timeout: Duration::from_secs(20),
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -289,6 +359,8 @@ impl BrokerConfig {
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data_dir", "must not be empty");
         }
+        self.tls.validate("tls.")?;
+        crate::auth::check_mode(self)?;
         let d = &self.delivery;
         let positive: [(&'static str, bool); 9] = [
             (
@@ -342,6 +414,13 @@ impl BrokerConfig {
             ("limits.max_publishers", l.max_publishers),
             ("limits.max_credit", l.max_credit as usize),
             ("limits.subscriber_buffer_bytes", l.subscriber_buffer_bytes),
+            ("limits.max_streams_per_connection", l.max_streams_per_connection),
+            (
+                "limits.max_concurrent_requests_per_connection",
+                l.max_concurrent_requests_per_connection as usize,
+            ),
+            ("limits.max_group_members", l.max_group_members),
+            ("limits.max_header_bytes", l.max_header_bytes as usize),
         ] {
             if v == 0 {
                 return invalid(key, "must be greater than 0");
@@ -351,6 +430,18 @@ impl BrokerConfig {
             return invalid(
                 "limits.max_message_bytes",
                 "must exceed limits.max_event_bytes by at least 1024",
+            );
+        }
+        if (l.max_concurrent_requests_per_connection as usize) <= l.max_streams_per_connection {
+            return invalid(
+                "limits.max_concurrent_requests_per_connection",
+                "must be greater than limits.max_streams_per_connection, so that unary calls still get through",
+            );
+        }
+        if l.keepalive_timeout.is_zero() || l.tls_handshake_timeout.is_zero() {
+            return invalid(
+                "limits.keepalive_timeout",
+                "limits.keepalive_timeout and limits.tls_handshake_timeout must be greater than 0",
             );
         }
         if l.group_window < l.max_credit as usize {

@@ -17,6 +17,21 @@ pub enum BrokerError {
     #[error("{field}: {reason}")]
     InvalidArgument { field: String, reason: String },
 
+    /// The caller did not prove who it is (no or a wrong certificate or
+    /// token); never repeats a token.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+
+    /// The access-control list does not grant the call.
+    #[error("permission denied: principal {principal:?} may not {verb} on topic {topic:?}{}", group_phrase(verb, group.as_deref()))]
+    PermissionDenied {
+        principal: String,
+        /// An ACL verb (`Verb::as_str`), or "describe".
+        verb: &'static str,
+        topic: String,
+        group: Option<String>,
+    },
+
     /// A configured limit was reached.
     #[error("{0}")]
     ResourceExhausted(String),
@@ -75,6 +90,8 @@ impl BrokerError {
             BrokerError::Log(e) => log_code(e),
             BrokerError::InvalidArgument { .. } => Code::InvalidArgument,
             BrokerError::ResourceExhausted(_) => Code::ResourceExhausted,
+            BrokerError::Unauthenticated(_) => Code::Unauthenticated,
+            BrokerError::PermissionDenied { .. } => Code::PermissionDenied,
             BrokerError::FailedPrecondition(_) => Code::FailedPrecondition,
             BrokerError::NotFound(_) => Code::NotFound,
             BrokerError::ShuttingDown | BrokerError::GroupStopped => Code::Unavailable,
@@ -86,6 +103,14 @@ impl BrokerError {
             | BrokerError::Runtime(_)
             | BrokerError::Task(_) => Code::Internal,
         }
+    }
+}
+
+fn group_phrase(verb: &str, group: Option<&str>) -> String {
+    match group {
+        Some(g) => format!(" as group {g:?}"),
+        None if verb == "subscribe" => " without a group".to_string(),
+        None => String::new(),
     }
 }
 
@@ -122,3 +147,9 @@ pub fn to_proto(e: &BrokerError) -> mesh_proto::broker::v1::Error {
 }
 
 pub type Result<T, E = BrokerError> = std::result::Result<T, E>;
+
+impl From<mesh_runtime::tls::TlsError> for BrokerError {
+    fn from(e: mesh_runtime::tls::TlsError) -> Self {
+        BrokerError::Config(ConfigError::Tls(e))
+    }
+}

@@ -4,6 +4,8 @@
 //! - [`server`]: [`run`]: storage, gRPC server (with `mesh_runtime`'s
 //!   health and reflection), retention, graceful drain.
 //! - [`service`]: the gRPC edge (the generated `Broker` trait, implemented by `GrpcService`).
+//! - [`auth`]: who is calling (client certificate or bearer token) and
+//!   what the access-control list lets them do, per verb, topic and group.
 //! - [`publish`]: the Publish stream and PublishUnary.
 //! - [`subscribe`]: Subscribe sessions: group members and ephemeral tails.
 //! - [`outbox`]: what a Subscribe stream may queue, bounded in bytes per
@@ -13,6 +15,8 @@
 //!   state machine ([`group::window`]), the actor that runs it
 //!   ([`group::actor`]) and the storage seam ([`group::store`]).
 //! - [`groups`]: the running group actors.
+//! - [`limits`]: streams per connection and the publish rate per
+//!   principal.
 //! - [`dlq`]: dead-letter topics: append, list, redrive, purge.
 //! - [`admin`]: topic, group and dead-letter administration.
 //! - [`state`]: what all handlers share.
@@ -23,12 +27,14 @@
 //! - [`error`]: [`BrokerError`] and its mapping to gRPC status codes.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod convert;
 pub mod dlq;
 pub mod error;
 pub mod group;
 pub mod groups;
+pub mod limits;
 pub mod metrics;
 pub mod outbox;
 pub mod publish;

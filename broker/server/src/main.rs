@@ -15,7 +15,11 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     };
     if let Some(Command::Healthcheck { addr }) = &args.command {
-        return cli::healthcheck(&rt, "broker", addr);
+        // With the broker's own TLS settings: over TLS when it serves TLS.
+        let tls = BrokerConfig::load(args.config.as_deref())
+            .map(|c| c.tls)
+            .unwrap_or_default();
+        return cli::healthcheck(&rt, "broker", addr, &tls);
     }
     let cfg = match BrokerConfig::load(args.config.as_deref()) {
         Ok(c) => c,

@@ -30,9 +30,11 @@ pub const TOPIC_BYTES: &str = "mesh_broker_topic_bytes";
 pub const PUBLISHERS: &str = "mesh_broker_connected_publishers";
 pub const SUBSCRIBERS: &str = "mesh_broker_connected_subscribers";
 pub const BUFFERED: &str = "mesh_broker_subscriber_buffered_bytes";
+pub const AUTH_DISABLED: &str = "mesh_broker_auth_disabled";
+pub const DENIED: &str = "mesh_broker_requests_denied_total";
 
 /// Every metric the broker records (docs/operations.md lists them all).
-pub const ALL: [&str; 16] = [
+pub const ALL: [&str; 18] = [
     PUBLISHED,
     DUPLICATES,
     DELIVERED,
@@ -49,22 +51,43 @@ pub const ALL: [&str; 16] = [
     PUBLISHERS,
     SUBSCRIBERS,
     BUFFERED,
+    AUTH_DISABLED,
+    DENIED,
 ];
 
 /// Installs the process-wide Prometheus recorder and its endpoint on
 /// `listen` (`None` does nothing; see `mesh_runtime::metrics::install`),
-/// then describes the broker's metrics.
-pub fn install(listen: Option<SocketAddr>) -> Result<(), mesh_runtime::RuntimeError> {
+/// then describes the broker's metrics. `auth_disabled` (`auth = "none"`)
+/// sets a gauge every scrape shows, so an open broker cannot go unnoticed.
+pub fn install(
+    listen: Option<SocketAddr>,
+    auth_disabled: bool,
+) -> Result<(), mesh_runtime::RuntimeError> {
     if mesh_runtime::metrics::install(listen)? {
         describe();
         // Present from the start, not only after the first connection.
         metrics::gauge!(PUBLISHERS).set(0.0);
         metrics::gauge!(SUBSCRIBERS).set(0.0);
     }
+    metrics::gauge!(AUTH_DISABLED).set(if auth_disabled { 1.0 } else { 0.0 });
     Ok(())
 }
 
+/// A call refused with PERMISSION_DENIED, by the verb it needed.
+pub fn denied(verb: impl std::fmt::Display) {
+    counter!(DENIED, "verb" => verb.to_string()).increment(1);
+}
+
 fn describe() {
+    describe_gauge!(
+        AUTH_DISABLED,
+        "1 when the broker runs with auth = \"none\": every client may do everything. 0 otherwise."
+    );
+    describe_counter!(
+        DENIED,
+        Unit::Count,
+        "Calls refused with PERMISSION_DENIED by the access-control list, per verb."
+    );
     describe_counter!(
         PUBLISHED,
         Unit::Count,

@@ -18,7 +18,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use crate::{
+    auth::{Caller, Verb},
     error::{BrokerError, Result, to_proto},
+    limits::StreamSlot,
     state::Shared,
 };
 
@@ -102,7 +104,11 @@ fn encode(broker: &Shared, req: PublishRequest) -> Result<(String, Vec<AppendRec
 
 /// Validates and queues one request; the returned future resolves when it
 /// is durable.
-async fn submit(broker: &Shared, req: PublishRequest) -> Result<PendingAppend> {
+async fn submit(broker: &Shared, who: &Caller, req: PublishRequest) -> Result<PendingAppend> {
+    // Before anything else: a denied request must not even auto-create
+    // its topic.
+    broker.auth.check(who, Verb::Publish, &req.topic, None)?;
+    broker.publish_rate.take(&who.principal, req.events.len())?;
     broker.ensure_topic("topic", &req.topic).await?;
     let (topic, records, spans) = encode(broker, req)?;
     let pending = broker.storage.submit(&topic, records).await?;
@@ -125,9 +131,13 @@ async fn submit(broker: &Shared, req: PublishRequest) -> Result<PendingAppend> {
 }
 
 /// [`submit`], counted and timed for the metrics (receipt to durable).
-async fn submit_metered(broker: &Shared, req: PublishRequest) -> Result<PendingAppend> {
+async fn submit_metered(
+    broker: &Shared,
+    who: &Caller,
+    req: PublishRequest,
+) -> Result<PendingAppend> {
     let (started, topic) = (std::time::Instant::now(), req.topic.clone());
-    let pending = submit(broker, req).await?;
+    let pending = submit(broker, who, req).await?;
     Ok(PendingAppend::new(async move {
         let r = pending.await;
         crate::metrics::record_append(&topic, started, &r);
@@ -157,18 +167,24 @@ fn response(sequence: u64, r: Result<Vec<mesh_log::Appended>>) -> PublishRespons
     }
 }
 
-pub async fn publish_unary(broker: &Shared, req: PublishRequest) -> Result<PublishResponse> {
+pub async fn publish_unary(
+    broker: &Shared,
+    who: &Caller,
+    req: PublishRequest,
+) -> Result<PublishResponse> {
     if broker.is_stopping() {
         return Err(BrokerError::ShuttingDown);
     }
     let seq = req.sequence;
-    let pending = submit_metered(broker, req).await?;
+    let pending = submit_metered(broker, who, req).await?;
     let acks = pending.await?;
     Ok(response(seq, Ok(acks)))
 }
 
 pub fn publish_stream(
     broker: Arc<Shared>,
+    who: Caller,
+    conn_slot: StreamSlot,
     mut inbound: Streaming<PublishRequest>,
 ) -> Result<PublishStream> {
     let slot = broker.publishers.clone().try_acquire_owned().map_err(|_| {
@@ -180,7 +196,7 @@ pub fn publish_stream(
     let max = broker.cfg.limits.max_publish_in_flight;
     let (tx, rx) = mpsc::channel(max.min(1024));
     tokio::spawn(async move {
-        let _slot = (slot, crate::metrics::Connected::publisher());
+        let _slot = (slot, conn_slot, crate::metrics::Connected::publisher());
         let in_flight = Arc::new(Semaphore::new(max));
         let mut stopping = broker.stopping.clone();
         let mut shutting_down = false;
@@ -200,7 +216,7 @@ pub fn publish_stream(
                 Ok(None) | Err(_) => break,
             };
             let seq = req.sequence;
-            match submit_metered(&broker, req).await {
+            match submit_metered(&broker, &who, req).await {
                 Err(e) => {
                     let _ = tx.send(Ok(response(seq, Err(e)))).await;
                 }

@@ -1,6 +1,6 @@
-//! Starting and stopping the broker: open storage, serve gRPC (with health
-//! and reflection, from `mesh_runtime::grpc`), enforce retention, and drain
-//! on shutdown.
+//! Starting and stopping the broker: read the TLS and access settings,
+//! open storage, serve gRPC (with health and reflection, from
+//! `mesh_runtime::grpc`), enforce retention, and drain on shutdown.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -12,7 +12,13 @@ use tonic::{
     transport::{Server, server::TcpIncoming},
 };
 
-use crate::{config::BrokerConfig, error::Result, service::GrpcService, state::Shared};
+use crate::{
+    auth::{Auth, AuthMode},
+    config::BrokerConfig,
+    error::Result,
+    service::GrpcService,
+    state::Shared,
+};
 
 /// Runs the broker on `listener` until `shutdown` resolves, then drains:
 /// stops taking work, answers and syncs the appends in flight, ends
@@ -24,8 +30,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     cfg.validate()?;
+    // Certificates and the ACL are read before anything opens, so a bad
+    // file stops the start with its key named.
+    let auth = Auth::from_config(&cfg)?;
+    let tls = cfg.tls.server("tls.")?.map(|t| t.timeout(cfg.limits.tls_handshake_timeout));
     // Before the storage opens, so its fsyncs are measured from the start.
-    crate::metrics::install(cfg.metrics_listen)?;
+    crate::metrics::install(cfg.metrics_listen, auth.mode() == AuthMode::None)?;
     let cfg = Arc::new(cfg);
     let (dir, log_cfg) = (cfg.data_dir.clone(), cfg.log_config());
     let storage = tokio::task::spawn_blocking(move || LocalStorage::open(&dir, log_cfg)).await??;
@@ -42,7 +52,12 @@ pub async fn run(
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let broker = Arc::new(Shared::new(storage.clone(), cfg.clone(), stop_rx.clone()));
+    let broker = Arc::new(Shared::new(
+        storage.clone(),
+        cfg.clone(),
+        auth,
+        stop_rx.clone(),
+    ));
     let retention = tokio::spawn(crate::upkeep::retention_loop(
         storage.clone(),
         cfg.clone(),
@@ -59,11 +74,11 @@ pub async fn run(
     })
     .max_decoding_message_size(max_msg)
     .max_encoding_message_size(max_msg);
-    let (routes, health) = mesh_runtime::grpc::with_health_and_reflection(Routes::new(svc))?;
+    let (routes, health) = mesh_runtime::grpc::with_health_and_reflection(Routes::new(svc), cfg.reflection)?;
     health.set_serving::<BrokerServer<GrpcService>>().await;
 
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "broker listening");
+    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), tls = tls.is_some(), "broker listening");
     let health_on_stop = health.clone();
     let sessions = broker.clone();
     let signal = async move {
@@ -90,12 +105,19 @@ pub async fn run(
     // so set it on the incoming stream: without it, Nagle's algorithm holds
     // back small Publish responses behind the client's delayed ACK (40 ms).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = Server::builder()
+    let limits = &cfg.limits;
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         // One span per call, continuing the caller's trace.
         .trace_fn(mesh_telemetry::grpc_span)
         // Detects half-open connections below the gRPC streams as well.
         .http2_keepalive_interval(Some(heartbeat))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .max_concurrent_streams(Some(limits.max_concurrent_requests_per_connection))
+        .http2_max_header_list_size(Some(limits.max_header_bytes))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, signal);
 

@@ -1,5 +1,6 @@
 //! The gRPC edge: the generated `Broker` trait (named by the proto service), implemented by `GrpcService` delegating
-//! to the session and admin code. Errors become statuses only here.
+//! to the session and admin code, after authenticating the caller and
+//! checking the access-control list. Errors become statuses only here.
 
 use std::sync::Arc;
 
@@ -8,6 +9,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     admin,
+    auth::{Caller, Verb},
+    error::BrokerError,
     publish::{self, PublishStream},
     state::Shared,
     subscribe::{self, SubscribeStream},
@@ -24,38 +27,95 @@ fn ok<T>(r: crate::error::Result<T>) -> Rpc<T> {
     r.map(Response::new).map_err(Status::from)
 }
 
+impl GrpcService {
+    fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        self.broker.auth.authenticate(req).map_err(Status::from)
+    }
+
+    /// Authenticates `req` and checks that its caller may do `verb`.
+    fn allowed<T>(
+        &self,
+        req: &Request<T>,
+        verb: Verb,
+        topic: &str,
+        group: Option<&str>,
+    ) -> Result<Caller, Status> {
+        let who = self.caller(req)?;
+        self.broker.auth.check(&who, verb, topic, group)?;
+        Ok(who)
+    }
+
+    /// Authenticates `req` and checks that its caller holds some grant on
+    /// `topic` (and on `group` when given): what describing them takes.
+    fn sees<T>(&self, req: &Request<T>, topic: &str, group: Option<&str>) -> Result<Caller, Status> {
+        let who = self.caller(req)?;
+        let auth = &self.broker.auth;
+        let visible = match group {
+            None => auth.sees_topic(&who, topic),
+            Some(g) => auth.sees_group(&who, topic, g),
+        };
+        if !visible {
+            return Err(BrokerError::PermissionDenied {
+                principal: who.principal.to_string(),
+                verb: "describe",
+                topic: topic.to_string(),
+                group: group.map(str::to_string),
+            }
+            .into());
+        }
+        Ok(who)
+    }
+}
+
+/// The group of a request, `None` when empty.
+fn group(g: &str) -> Option<&str> {
+    (!g.is_empty()).then_some(g)
+}
+
 #[tonic::async_trait]
 impl broker_server::Broker for GrpcService {
     type PublishStream = PublishStream;
     type SubscribeStream = SubscribeStream;
 
     async fn publish(&self, req: Request<Streaming<pb::PublishRequest>>) -> Rpc<PublishStream> {
+        let who = self.caller(&req)?;
+        let slot = self.broker.streams.open(req.remote_addr())?;
         ok(publish::publish_stream(
             self.broker.clone(),
+            who,
+            slot,
             req.into_inner(),
         ))
     }
 
     async fn publish_unary(&self, req: Request<pb::PublishRequest>) -> Rpc<pb::PublishResponse> {
-        ok(publish::publish_unary(&self.broker, req.into_inner()).await)
+        let who = self.caller(&req)?;
+        ok(publish::publish_unary(&self.broker, &who, req.into_inner()).await)
     }
 
     async fn subscribe(
         &self,
         req: Request<Streaming<pb::SubscribeRequest>>,
     ) -> Rpc<SubscribeStream> {
-        ok(subscribe::subscribe(self.broker.clone(), req.into_inner()).await)
+        let who = self.caller(&req)?;
+        let slot = self.broker.streams.open(req.remote_addr())?;
+        ok(subscribe::subscribe(self.broker.clone(), who, slot, req.into_inner()).await)
     }
 
     async fn create_topic(&self, req: Request<pb::CreateTopicRequest>) -> Rpc<pb::TopicInfo> {
+        self.allowed(&req, Verb::TopicAdmin, &req.get_ref().name, None)?;
         ok(admin::create_topic(&self.broker, req.into_inner()).await)
     }
 
-    async fn list_topics(&self, _: Request<pb::ListTopicsRequest>) -> Rpc<pb::ListTopicsResponse> {
-        Ok(Response::new(admin::list_topics(&self.broker)))
+    async fn list_topics(&self, req: Request<pb::ListTopicsRequest>) -> Rpc<pb::ListTopicsResponse> {
+        let who = self.caller(&req)?;
+        let mut all = admin::list_topics(&self.broker);
+        all.topics.retain(|t| self.broker.auth.sees_topic(&who, &t.name));
+        Ok(Response::new(all))
     }
 
     async fn describe_topic(&self, req: Request<pb::DescribeTopicRequest>) -> Rpc<pb::TopicInfo> {
+        self.sees(&req, &req.get_ref().name, None)?;
         ok(admin::describe_topic(&self.broker, req.into_inner()))
     }
 
@@ -63,6 +123,7 @@ impl broker_server::Broker for GrpcService {
         &self,
         req: Request<pb::DeleteTopicRequest>,
     ) -> Rpc<pb::DeleteTopicResponse> {
+        self.allowed(&req, Verb::TopicAdmin, &req.get_ref().name, None)?;
         ok(admin::delete_topic(&self.broker, req.into_inner())
             .await
             .map(|()| pb::DeleteTopicResponse {}))
@@ -72,15 +133,24 @@ impl broker_server::Broker for GrpcService {
         &self,
         req: Request<pb::ListGroupsRequest>,
     ) -> Rpc<pb::ListGroupsResponse> {
-        ok(admin::list_groups(&self.broker, &req.into_inner().topic).await)
+        let who = self.sees(&req, &req.get_ref().topic, None)?;
+        let topic = req.into_inner().topic;
+        let mut all = admin::list_groups(&self.broker, &topic).await?;
+        all.groups
+            .retain(|g| self.broker.auth.sees_group(&who, &topic, &g.group));
+        Ok(Response::new(all))
     }
 
     async fn describe_group(&self, req: Request<pb::DescribeGroupRequest>) -> Rpc<pb::GroupInfo> {
+        let r = req.get_ref();
+        self.sees(&req, &r.topic, Some(&r.group))?;
         let r = req.into_inner();
         ok(admin::describe_group(&self.broker, &r.topic, &r.group).await)
     }
 
     async fn seek_group(&self, req: Request<pb::SeekGroupRequest>) -> Rpc<pb::SeekGroupResponse> {
+        let r = req.get_ref();
+        self.allowed(&req, Verb::Seek, &r.topic, group(&r.group))?;
         ok(admin::seek_group(&self.broker, req.into_inner()).await)
     }
 
@@ -88,6 +158,8 @@ impl broker_server::Broker for GrpcService {
         &self,
         req: Request<pb::DeleteGroupRequest>,
     ) -> Rpc<pb::DeleteGroupResponse> {
+        let r = req.get_ref();
+        self.allowed(&req, Verb::Seek, &r.topic, group(&r.group))?;
         let r = req.into_inner();
         ok(admin::delete_group(&self.broker, &r.topic, &r.group)
             .await
@@ -98,6 +170,8 @@ impl broker_server::Broker for GrpcService {
         &self,
         req: Request<pb::ListDeadLettersRequest>,
     ) -> Rpc<pb::ListDeadLettersResponse> {
+        let r = req.get_ref();
+        self.allowed(&req, Verb::DlqAdmin, &r.topic, group(&r.group))?;
         ok(admin::list_dead_letters(&self.broker, req.into_inner()).await)
     }
 
@@ -105,6 +179,8 @@ impl broker_server::Broker for GrpcService {
         &self,
         req: Request<pb::RedriveDeadLettersRequest>,
     ) -> Rpc<pb::RedriveDeadLettersResponse> {
+        let r = req.get_ref();
+        self.allowed(&req, Verb::DlqAdmin, &r.topic, group(&r.group))?;
         ok(admin::redrive(&self.broker, req.into_inner())
             .await
             .map(|redriven| pb::RedriveDeadLettersResponse { redriven }))
@@ -114,6 +190,8 @@ impl broker_server::Broker for GrpcService {
         &self,
         req: Request<pb::PurgeDeadLettersRequest>,
     ) -> Rpc<pb::PurgeDeadLettersResponse> {
+        let r = req.get_ref();
+        self.allowed(&req, Verb::DlqAdmin, &r.topic, group(&r.group))?;
         ok(admin::purge(&self.broker, req.into_inner())
             .await
             .map(|purged| pb::PurgeDeadLettersResponse { purged }))

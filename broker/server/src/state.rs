@@ -7,14 +7,19 @@ use mesh_log::{LogError, Storage};
 use tokio::sync::{Semaphore, watch};
 
 use crate::{
+    auth::Auth,
     config::BrokerConfig,
     error::{BrokerError, Result},
     groups::Groups,
+    limits::{PublishRate, StreamsPerConnection},
     outbox::Budget,
 };
 
 pub struct Shared {
     pub storage: Arc<dyn Storage>,
+    /// Who is calling and what they may do; every Broker RPC asks it
+    /// first.
+    pub auth: Auth,
     pub cfg: Arc<BrokerConfig>,
     pub groups: Groups,
     /// Becomes true when shutdown starts.
@@ -25,20 +30,33 @@ pub struct Shared {
     /// (`limits.max_buffered_bytes`); every Subscribe stream's outbox
     /// draws on it.
     pub buffers: Budget,
+    /// Publish and Subscribe streams per connection
+    /// (`limits.max_streams_per_connection`).
+    pub streams: StreamsPerConnection,
+    /// Events per second per principal
+    /// (`limits.publish_rate_per_principal`).
+    pub publish_rate: PublishRate,
 }
 
 impl Shared {
     pub fn new(
         storage: Arc<dyn Storage>,
         cfg: Arc<BrokerConfig>,
+        auth: Auth,
         stopping: watch::Receiver<bool>,
     ) -> Self {
         Shared {
+            auth,
             subscribers: Arc::new(Semaphore::new(cfg.limits.max_subscribers)),
             publishers: Arc::new(Semaphore::new(cfg.limits.max_publishers)),
             buffers: Budget::new(
                 cfg.limits.max_buffered_bytes,
                 cfg.limits.subscriber_buffer_bytes,
+            ),
+            streams: StreamsPerConnection::new(cfg.limits.max_streams_per_connection),
+            publish_rate: PublishRate::new(
+                cfg.limits.publish_rate_per_principal,
+                cfg.limits.publish_burst,
             ),
             storage,
             cfg,

@@ -28,8 +28,10 @@ use tokio::{sync::mpsc, time::Instant};
 use tonic::{Status, Streaming};
 
 use crate::{
+    auth::{Caller, Verb},
     convert, dlq,
     error::{BrokerError, Result},
+    limits::StreamSlot,
     group::{
         Cmd, GroupHandle, JoinRequest, LogTopic, Outbound, ReadError, Start, TopicStore, member_id,
         resolve_start,
@@ -116,6 +118,8 @@ fn validate_open(broker: &Shared, open: pb::Open) -> Result<Opened> {
 
 pub async fn subscribe(
     broker: Arc<Shared>,
+    who: Caller,
+    conn_slot: StreamSlot,
     mut inbound: Streaming<SubscribeRequest>,
 ) -> Result<SubscribeStream> {
     if broker.is_stopping() {
@@ -170,12 +174,16 @@ pub async fn subscribe(
         ));
     };
     let open = validate_open(&broker, open)?;
+    let group = (!open.group.is_empty()).then_some(open.group.as_str());
+    broker
+        .auth
+        .check(&who, Verb::Subscribe, &open.topic, group)?;
     broker.ensure_topic("open.topic", &open.topic).await?;
     if open.group.is_empty() {
         let store = LogTopic::new(broker.storage.clone(), &open.topic);
         let start = resolve_start(&store, open.start).await?;
         tokio::spawn(async move {
-            let _slot = (slot, crate::metrics::Connected::subscriber());
+            let _slot = (slot, conn_slot, crate::metrics::Connected::subscriber());
             tail(broker, &store, open, start, inbound, tx).await;
         });
     } else {
@@ -196,6 +204,7 @@ pub async fn subscribe(
                     auto_ack: open.auto_ack,
                     start: open.start,
                     out: out_tx,
+                    max_members: broker.cfg.limits.max_group_members,
                 },
                 reply,
             ))
@@ -210,7 +219,7 @@ pub async fn subscribe(
             })))
             .await;
         tokio::spawn(async move {
-            let _slot = (slot, crate::metrics::Connected::subscriber());
+            let _slot = (slot, conn_slot, crate::metrics::Connected::subscriber());
             let member = joined.member_id;
             group_session(&broker, &handle, member, open.auto_ack, inbound, out_rx, tx).await;
             let _ = handle.send(Cmd::Leave(member)).await;

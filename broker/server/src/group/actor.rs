@@ -388,6 +388,14 @@ impl Actor {
     }
 
     fn join(&mut self, req: JoinRequest, reply: oneshot::Sender<Result<Joined>>) {
+        if self.window.member_count() >= req.max_members {
+            let _ = reply.send(Err(crate::error::BrokerError::ResourceExhausted(format!(
+                "limits.max_group_members = {} members of group {:?} are already connected",
+                req.max_members,
+                self.window.group()
+            ))));
+            return;
+        }
         let joined = self.window.join(req.name, req.credit, req.auto_ack);
         self.outs.insert(joined.member_id, req.out);
         self.hold = Some(Hold::JoinRead);

@@ -78,6 +78,9 @@ pub struct JoinRequest {
     pub start: Start,
     /// Where the member's deliveries and in-stream messages go.
     pub out: mpsc::Sender<Outbound>,
+    /// The join is refused (RESOURCE_EXHAUSTED) when the group already
+    /// has this many members (`limits.max_group_members`).
+    pub max_members: usize,
 }
 
 /// A join's answer.

@@ -223,6 +223,16 @@ impl GroupWindow {
         self.epoch
     }
 
+    /// Members connected now.
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// The group's name.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
     /// A new member; it hears why nothing comes if the group is blocked.
     pub fn join(&mut self, name: String, credit: u32, auto_ack: bool) -> super::Joined {
         let id = self.next_member;
