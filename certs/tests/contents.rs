@@ -52,9 +52,16 @@ fn a_leaf_names_its_principal_and_default_sans_and_serves_both_ends() {
         let (dns, ips) = sans(cert);
         assert_eq!(dns, ["billing", "localhost"]);
         assert_eq!(ips, [IpAddr::V4(Ipv4Addr::LOCALHOST)]);
-        let eku = cert.extended_key_usage().unwrap().expect("EKU present").value;
+        let eku = cert
+            .extended_key_usage()
+            .unwrap()
+            .expect("EKU present")
+            .value;
         assert!(eku.server_auth && eku.client_auth);
-        let bc = cert.basic_constraints().unwrap().expect("basic constraints");
+        let bc = cert
+            .basic_constraints()
+            .unwrap()
+            .expect("basic constraints");
         assert!(!bc.value.ca);
         assert!(cert.validity().is_valid());
         assert_eq!(common_name_of_issuer(cert), "test CA");
@@ -101,7 +108,10 @@ fn the_leaf_is_signed_by_the_ca_and_the_ca_is_a_ca() {
     let leaf = ca.issue(&LeafSpec::new("orders")).unwrap();
     with_cert(ca.cert_pem(), |ca_cert| {
         assert_eq!(common_name(ca_cert), "test CA");
-        let bc = ca_cert.basic_constraints().unwrap().expect("basic constraints");
+        let bc = ca_cert
+            .basic_constraints()
+            .unwrap()
+            .expect("basic constraints");
         assert!(bc.value.ca);
         let ku = ca_cert.key_usage().unwrap().expect("key usage").value;
         assert!(ku.key_cert_sign());

@@ -13,7 +13,10 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         .unwrap()
         .map(|e| {
             let e = e.unwrap();
-            (e.file_name().into_string().unwrap(), fs::read(e.path()).unwrap())
+            (
+                e.file_name().into_string().unwrap(),
+                fs::read(e.path()).unwrap(),
+            )
         })
         .collect()
 }
@@ -23,7 +26,11 @@ fn mode(path: &Path) -> u32 {
 }
 
 fn expected_files() -> Vec<String> {
-    let mut files = vec!["ca.crt".to_owned(), "ca.key".to_owned(), "log.key".to_owned()];
+    let mut files = vec![
+        "ca.crt".to_owned(),
+        "ca.key".to_owned(),
+        "log.key".to_owned(),
+    ];
     for name in DEFAULT_NAMES {
         files.push(format!("{name}.crt"));
         files.push(format!("{name}.key"));
@@ -73,11 +80,17 @@ fn log_key_is_a_comment_then_key_one_in_64_lowercase_hex() {
     let (id, hex) = lines[1].split_once(' ').unwrap();
     assert_eq!(id, "1");
     assert_eq!(hex.len(), 64);
-    assert!(hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    assert!(
+        hex.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    );
     // Another folder gets another key.
     let other = tempfile::tempdir().unwrap();
     write_dev_pki(other.path(), &Options::default()).unwrap();
-    assert_ne!(fs::read_to_string(other.path().join("log.key")).unwrap(), text);
+    assert_ne!(
+        fs::read_to_string(other.path().join("log.key")).unwrap(),
+        text
+    );
 }
 
 #[test]
@@ -86,7 +99,10 @@ fn a_second_run_keeps_every_file_byte_for_byte() {
     write_dev_pki(dir.path(), &Options::default()).unwrap();
     let before = snapshot(dir.path());
     let report = write_dev_pki(dir.path(), &Options::default()).unwrap();
-    assert!(report.files.iter().all(|(_, a)| *a == Action::Kept), "{report}");
+    assert!(
+        report.files.iter().all(|(_, a)| *a == Action::Kept),
+        "{report}"
+    );
     assert_eq!(snapshot(dir.path()), before);
 }
 
@@ -148,8 +164,14 @@ fn an_expired_certificate_is_reissued_for_its_key() {
         .unwrap();
     fs::write(dir.path().join("billing.crt"), &expired.cert_pem).unwrap();
     let report = write_dev_pki(dir.path(), &options).unwrap();
-    assert_eq!(report.action("billing.crt"), Some(&Action::Reissued("expired")));
-    assert_eq!(fs::read_to_string(dir.path().join("billing.key")).unwrap(), key);
+    assert_eq!(
+        report.action("billing.crt"),
+        Some(&Action::Reissued("expired"))
+    );
+    assert_eq!(
+        fs::read_to_string(dir.path().join("billing.key")).unwrap(),
+        key
+    );
 }
 
 #[test]
@@ -160,11 +182,19 @@ fn a_certificate_without_its_key_is_an_error_naming_both_files() {
     let error = write_dev_pki(dir.path(), &Options::default()).unwrap_err();
     assert!(matches!(error, CertsError::Orphan { .. }));
     let message = error.to_string();
-    assert!(message.contains("orders.crt") && message.contains("orders.key"), "{message}");
+    assert!(
+        message.contains("orders.crt") && message.contains("orders.key"),
+        "{message}"
+    );
 
     fs::remove_file(dir.path().join("ca.key")).unwrap();
-    let message = write_dev_pki(dir.path(), &Options::default()).unwrap_err().to_string();
-    assert!(message.contains("ca.crt") && message.contains("ca.key"), "{message}");
+    let message = write_dev_pki(dir.path(), &Options::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("ca.crt") && message.contains("ca.key"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -172,9 +202,14 @@ fn a_damaged_key_is_an_error_naming_the_file_and_is_not_replaced() {
     let dir = tempfile::tempdir().unwrap();
     write_dev_pki(dir.path(), &Options::default()).unwrap();
     fs::write(dir.path().join("shipping.key"), "garbage").unwrap();
-    let message = write_dev_pki(dir.path(), &Options::default()).unwrap_err().to_string();
+    let message = write_dev_pki(dir.path(), &Options::default())
+        .unwrap_err()
+        .to_string();
     assert!(message.contains("shipping.key"), "{message}");
-    assert_eq!(fs::read_to_string(dir.path().join("shipping.key")).unwrap(), "garbage");
+    assert_eq!(
+        fs::read_to_string(dir.path().join("shipping.key")).unwrap(),
+        "garbage"
+    );
 }
 
 #[test]
@@ -186,7 +221,10 @@ fn names_that_are_not_plain_file_names_are_refused() {
             ..Options::default()
         };
         let error = write_dev_pki(dir.path(), &options).unwrap_err();
-        assert!(matches!(error, CertsError::InvalidName { .. }), "{bad:?}: {error}");
+        assert!(
+            matches!(error, CertsError::InvalidName { .. }),
+            "{bad:?}: {error}"
+        );
     }
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
 }

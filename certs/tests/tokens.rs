@@ -22,11 +22,21 @@ fn a_token_file_holds_the_secret_and_tokens_holds_only_its_hash() {
     assert!(report.token_created && report.line_appended);
     let token = fs::read_to_string(dir.path().join("console.token")).unwrap();
     assert_eq!(token.len(), 64);
-    assert!(token.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
-    let mode = fs::metadata(dir.path().join("console.token")).unwrap().permissions().mode();
+    assert!(
+        token
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    );
+    let mode = fs::metadata(dir.path().join("console.token"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     let tokens = fs::read_to_string(dir.path().join("tokens")).unwrap();
-    assert_eq!(tokens, format!("console sha256:{}\n", sha256_hex(token.as_bytes())));
+    assert_eq!(
+        tokens,
+        format!("console sha256:{}\n", sha256_hex(token.as_bytes()))
+    );
     assert!(!tokens.contains(&token));
 }
 
@@ -50,7 +60,10 @@ fn tokens_for_several_names_share_the_broker_file() {
     write_token(dir.path(), "console", None).unwrap();
     write_token(dir.path(), "ci", None).unwrap();
     let tokens = fs::read_to_string(dir.path().join("tokens")).unwrap();
-    let names: Vec<&str> = tokens.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    let names: Vec<&str> = tokens
+        .lines()
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
     assert_eq!(names, ["ops", "console", "ci"]);
 }
 
@@ -58,7 +71,10 @@ fn tokens_for_several_names_share_the_broker_file() {
 fn in_memory_tokens_hash_like_the_files() {
     let token = Token::generate().unwrap();
     assert_eq!(token.hash(), token_hash(token.as_str()));
-    assert_eq!(token.hash(), format!("sha256:{}", sha256_hex(token.as_str().as_bytes())));
+    assert_eq!(
+        token.hash(),
+        format!("sha256:{}", sha256_hex(token.as_str().as_bytes()))
+    );
     assert_eq!(token.line("billing"), format!("billing {}", token.hash()));
     assert_ne!(Token::generate().unwrap(), token);
     // Debug output never shows the secret.
