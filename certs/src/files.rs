@@ -133,3 +133,23 @@ pub(crate) fn read_if_exists(path: &Path) -> Result<Option<String>, CertsError> 
         Err(e) => Err(CertsError::io("reading", path, e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_parse_as_numeric_uid_gid() {
+        assert_eq!(
+            "65532:65532".parse::<Owner>().unwrap(),
+            Owner {
+                uid: 65532,
+                gid: 65532
+            }
+        );
+        for bad in ["65532", "nobody:nogroup", ":1", "1:", "-1:0", "1:2:3"] {
+            let error = bad.parse::<Owner>().unwrap_err();
+            assert!(error.to_string().contains("UID:GID"), "{bad}: {error}");
+        }
+    }
+}
