@@ -119,8 +119,21 @@ pub fn write_token(
         fresh
     } else {
         let text = files::read_if_exists(&token_path)?.unwrap_or_default();
+        let text = text.trim();
+        // An empty or cut file would put the hash of a guessable text in
+        // the broker's file.
+        if text.len() < 32 {
+            return Err(CertsError::Parse {
+                what: token_path.display().to_string(),
+                expected: "token (at least 32 characters)",
+                detail: format!(
+                    "it holds {} characters; delete it to make a new one",
+                    text.len()
+                ),
+            });
+        }
         Token {
-            text: text.trim().to_owned(),
+            text: text.to_owned(),
         }
     };
     let line = token.line(name);

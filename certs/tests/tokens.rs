@@ -87,3 +87,12 @@ fn a_bad_name_is_refused() {
     assert!(write_token(dir.path(), "../x", None).is_err());
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn an_empty_existing_token_file_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("console.token"), "").unwrap();
+    let error = write_token(dir.path(), "console", None).unwrap_err();
+    assert!(error.to_string().contains("console.token"), "{error}");
+    assert!(!dir.path().join("tokens").exists());
+}
