@@ -27,12 +27,11 @@ use serde::{Deserialize, Deserializer, de};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
 /// Whether a server asks its clients for a certificate.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub enum ClientAuth {
     /// A client without a certificate signed by `ca` fails the handshake
     /// (mutual TLS).
-    #[default]
     Required,
     /// A client may present a certificate (then it must be valid) or none
     /// (then it authenticates otherwise, for example with a token).
@@ -72,8 +71,11 @@ pub struct TlsConfig {
     /// The private key of `cert`.
     #[serde(deserialize_with = "opt_path")]
     pub key: Option<PathBuf>,
-    /// Whether this process's own server demands client certificates.
-    pub client_auth: ClientAuth,
+    /// Whether this process's own server demands client certificates;
+    /// unset, the server's own default (`required` for services,
+    /// `optional` for the broker, which answers a call without one with
+    /// UNAUTHENTICATED and keeps health checks open).
+    pub client_auth: Option<ClientAuth>,
 }
 
 /// A TLS file that cannot be used; names the key and the file, never the
@@ -148,9 +150,6 @@ impl TlsConfig {
                 "must be set when TLS is on: it verifies the peers' certificates",
             ));
         }
-        if self.client_auth != ClientAuth::None && self.ca.is_none() && self.cert.is_some() {
-            return Err(invalid(prefix, "client_auth", "needs `ca`"));
-        }
         Ok(())
     }
 
@@ -172,9 +171,20 @@ impl TlsConfig {
         Ok(Some(Certificate::from_pem(pem)))
     }
 
+    /// How this process's server treats client certificates: the
+    /// configured `client_auth`, else `default`.
+    pub fn client_auth_or(&self, default: ClientAuth) -> ClientAuth {
+        self.client_auth.unwrap_or(default)
+    }
+
     /// The server side: `None` when TLS is off. Fails when TLS is
     /// configured but this process has no certificate to serve with.
-    pub fn server(&self, prefix: &str) -> Result<Option<ServerTlsConfig>, TlsError> {
+    /// `default_auth` applies when `client_auth` is unset.
+    pub fn server(
+        &self,
+        prefix: &str,
+        default_auth: ClientAuth,
+    ) -> Result<Option<ServerTlsConfig>, TlsError> {
         self.validate(prefix)?;
         if !self.enabled() {
             return Ok(None);
@@ -183,12 +193,13 @@ impl TlsConfig {
             .identity(prefix)?
             .ok_or_else(|| invalid(prefix, "cert", "must be set to serve TLS"))?;
         let mut cfg = ServerTlsConfig::new().identity(identity);
-        if self.client_auth != ClientAuth::None
+        let auth = self.client_auth_or(default_auth);
+        if auth != ClientAuth::None
             && let Some(ca) = self.ca_cert(prefix)?
         {
             cfg = cfg
                 .client_ca_root(ca)
-                .client_auth_optional(self.client_auth == ClientAuth::Optional);
+                .client_auth_optional(auth == ClientAuth::Optional);
         }
         Ok(Some(cfg))
     }
@@ -336,7 +347,12 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate("tls.").unwrap_err().to_string().contains("`tls.ca`"));
-        assert!(TlsConfig::default().server("tls.").unwrap().is_none());
+        assert!(
+            TlsConfig::default()
+                .server("tls.", ClientAuth::Required)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

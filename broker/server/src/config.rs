@@ -10,6 +10,9 @@ use mesh_runtime::{
     config::{self as rc, LogFormat},
     tls::{ClientAuth, TlsConfig, opt_path},
 };
+
+/// The broker's `tls.client_auth` when unset.
+pub const BROKER_CLIENT_AUTH: ClientAuth = ClientAuth::Optional;
 use serde::Deserialize;
 
 use crate::auth::AuthMode;
@@ -90,9 +93,9 @@ pub struct BrokerConfig {
     pub auth: Option<AuthMode>,
     /// TLS of the gRPC server (`[tls]`): its certificate and key, and the
     /// CA that signs client certificates. `client_auth` defaults to
-    /// "optional" here: the handshake verifies any certificate presented,
-    /// and a call without one gets UNAUTHENTICATED (health checks stay
-    /// open).
+    /// "optional" here ([`BROKER_CLIENT_AUTH`]): the handshake verifies any
+    /// certificate presented, and a call without one gets UNAUTHENTICATED
+    /// (health checks stay open).
     pub tls: TlsConfig,
     /// With auth = "token": each principal and the SHA-256 of its token.
     #[serde(deserialize_with = "opt_path")]
@@ -272,10 +275,7 @@ impl Default for BrokerConfig {
             drain_deadline: Duration::from_secs(10),
             log_format: LogFormat::Text,
             auth: None,
-            tls: TlsConfig {
-                client_auth: ClientAuth::Optional,
-                ..TlsConfig::default()
-            },
+            tls: TlsConfig::default(),
             token_file: None,
             acl_file: None,
             reflection: true,
@@ -359,8 +359,9 @@ impl BrokerConfig {
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data_dir", "must not be empty");
         }
+        // `auth` itself is checked when the broker starts
+        // (`auth::Auth::from_config`), with the files it names.
         self.tls.validate("tls.")?;
-        crate::auth::check_mode(self)?;
         let d = &self.delivery;
         let positive: [(&'static str, bool); 9] = [
             (

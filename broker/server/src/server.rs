@@ -33,7 +33,9 @@ pub async fn run(
     // Certificates and the ACL are read before anything opens, so a bad
     // file stops the start with its key named.
     let auth = Auth::from_config(&cfg)?;
-    let tls = cfg.tls.server("tls.")?.map(|t| t.timeout(cfg.limits.tls_handshake_timeout));
+    let tls = cfg
+        .tls
+        .server("tls.", crate::config::BROKER_CLIENT_AUTH)?.map(|t| t.timeout(cfg.limits.tls_handshake_timeout));
     // Before the storage opens, so its fsyncs are measured from the start.
     crate::metrics::install(cfg.metrics_listen, auth.mode() == AuthMode::None)?;
     let cfg = Arc::new(cfg);

@@ -793,6 +793,7 @@ fn assert_config_refused(dir: &Path, args: &[&str], env: &[(&str, &str)], key: &
     cmd.args(args)
         .current_dir(dir)
         .env("BROKER__LISTEN", "127.0.0.1:0")
+        .env("BROKER__AUTH", "none")
         .env("BROKER__DATA_DIR", dir.join("data"))
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())

@@ -333,6 +333,7 @@ fn a_data_directory_of_a_newer_format_is_refused() {
     fs::write(tmp.path().join("FORMAT"), format!("{newer}\n")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_broker"))
         .env("BROKER__LISTEN", "127.0.0.1:0")
+        .env("BROKER__AUTH", "none")
         .env("BROKER__METRICS_LISTEN", "")
         .env("BROKER__DATA_DIR", tmp.path())
         .env("RUST_LOG", "warn")

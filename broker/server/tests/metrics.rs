@@ -296,6 +296,7 @@ fn a_metrics_port_in_use_stops_the_broker_naming_the_key() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_broker"))
         .current_dir(dir.path())
         .env("BROKER__LISTEN", "127.0.0.1:0")
+        .env("BROKER__AUTH", "none")
         .env("BROKER__DATA_DIR", dir.path().join("data"))
         .env(
             "BROKER__METRICS_LISTEN",

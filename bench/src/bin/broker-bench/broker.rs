@@ -30,6 +30,8 @@ pub fn broker_config(args: &Args, data_dir: PathBuf) -> BrokerConfig {
         // Several brokers start one after another; no fixed port.
         metrics_listen: None,
         data_dir,
+        // Measures delivery, not access control.
+        auth: Some(mesh_broker::auth::AuthMode::None),
         ..Default::default()
     };
     cfg.storage.fsync = match args.fsync {

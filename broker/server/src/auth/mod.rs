@@ -196,10 +196,15 @@ pub fn check_mode(cfg: &BrokerConfig) -> Result<AuthMode, ConfigError> {
     })?;
     let tls_on = cfg.tls.cert.is_some();
     match mode {
-        AuthMode::Mtls if !tls_on || cfg.tls.client_auth == ClientAuth::None => Err(invalid(
+        AuthMode::Mtls
+            if !tls_on
+                || cfg.tls.client_auth_or(crate::config::BROKER_CLIENT_AUTH) == ClientAuth::None =>
+        {
+            Err(invalid(
             "auth",
             "\"mtls\" needs [tls] ca, cert and key, and tls.client_auth \"optional\" or \"required\"",
-        )),
+        ))
+        }
         AuthMode::Token if !tls_on => Err(invalid(
             "auth",
             "\"token\" needs [tls] cert and key: a bearer token sent in plaintext can be read and replayed",

@@ -42,6 +42,9 @@ pub fn test_config(dir: &Path) -> BrokerConfig {
         // Many brokers run at once; tests/metrics.rs turns this on.
         metrics_listen: None,
         data_dir: dir.to_path_buf(),
+        // Open on purpose: these tests are about delivery, not access
+        // (tests/security.rs covers that).
+        auth: Some(mesh_broker::auth::AuthMode::None),
         ..BrokerConfig::default()
     };
     c.delivery.ack_deadline = Duration::from_millis(1_000);
@@ -206,6 +209,8 @@ impl BrokerProcess {
     ) -> BrokerProcess {
         let mut cmd = Command::new(bin);
         cmd.env("BROKER__LISTEN", "127.0.0.1:0")
+            // Open on purpose, unless `env` says otherwise (tests/security.rs).
+            .env("BROKER__AUTH", "none")
             // Off unless `env` sets it: many brokers run at once.
             .env("BROKER__METRICS_LISTEN", "")
             .env("BROKER__DATA_DIR", dir)
