@@ -17,6 +17,11 @@ pub enum BrokerError {
     #[error("{field}: {reason}")]
     InvalidArgument { field: String, reason: String },
 
+    /// A request message that is not valid protobuf: the codec's
+    /// message, which names the message type.
+    #[error("{0}")]
+    Malformed(String),
+
     /// A configured limit was reached.
     #[error("{0}")]
     ResourceExhausted(String),
@@ -73,7 +78,9 @@ impl BrokerError {
     pub fn code(&self) -> Code {
         match self {
             BrokerError::Log(e) => log_code(e),
-            BrokerError::InvalidArgument { .. } => Code::InvalidArgument,
+            BrokerError::InvalidArgument { .. } | BrokerError::Malformed(_) => {
+                Code::InvalidArgument
+            }
             BrokerError::ResourceExhausted(_) => Code::ResourceExhausted,
             BrokerError::FailedPrecondition(_) => Code::FailedPrecondition,
             BrokerError::NotFound(_) => Code::NotFound,
