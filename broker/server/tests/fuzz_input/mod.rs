@@ -1,17 +1,19 @@
-//! What tests/fuzz.rs sends: every Broker RPC by path, a client that sends
-//! and receives raw message bytes, and proptest strategies for random
-//! bytes and random well-formed requests.
+//! What tests/fuzz.rs sends: every Broker RPC by path, a codec that sends
+//! and receives raw message bytes (raw.rs), and proptest strategies for
+//! random bytes and random well-formed requests.
 
 use std::collections::HashMap;
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::Bytes;
 use mesh_proto::{
     broker::v1::{self as pb, start_position::Position, subscribe_request::Request},
     events::v1::Event,
 };
 use proptest::prelude::*;
 use prost::Message;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+mod raw;
+pub use raw::RawCodec;
 
 /// The topic most random requests name, so that they reach past name
 /// validation into the log and the groups.
@@ -86,61 +88,6 @@ impl Call {
     pub fn first_malformed(&self) -> Option<usize> {
         let decodes = RPCS[self.rpc].decodes;
         self.frames.iter().position(|f| !decodes(f))
-    }
-}
-
-// ------------------------------------------------------------ raw client
-
-/// A codec that passes message bytes through untouched: the request is
-/// sent as it is, framed by tonic; the response is returned undecoded.
-#[derive(Debug, Clone, Default)]
-pub struct RawCodec;
-
-#[derive(Debug, Clone, Default)]
-pub struct RawEncoder;
-
-#[derive(Debug, Clone, Default)]
-pub struct RawDecoder;
-
-impl Codec for RawCodec {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = RawEncoder;
-    type Decoder = RawDecoder;
-
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-
-    fn decoder(&mut self) -> RawDecoder {
-        RawDecoder
-    }
-}
-
-impl Encoder for RawEncoder {
-    type Item = Bytes;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put(item);
-        Ok(())
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::default()
-    }
-}
-
-impl Decoder for RawDecoder {
-    type Item = Bytes;
-    type Error = tonic::Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::default()
     }
 }
 
