@@ -198,8 +198,9 @@ pub fn publish_stream(
             };
             let req = match msg {
                 Ok(Some(req)) => req,
-                // The client finished, or the stream broke: requests already
-                // queued still complete and stay durable.
+                // The client finished, the stream broke, or a request did
+                // not decode: requests already queued still complete and
+                // stay durable.
                 Ok(None) => break,
                 Err(s) => {
                     if s.code() == tonic::Code::InvalidArgument {
