@@ -9,6 +9,10 @@
 //! - `Code` conversions: the in-stream [`broker::v1::Code`] to and from
 //!   `tonic::Code` (the same numbers).
 //! - [`DomainEvent`]: the `type` name and topic of each domain event.
+//! - [`codec::MeshCodec`]: the codec of every generated client and server;
+//!   a request that is not valid protobuf gets INVALID_ARGUMENT.
+
+pub mod codec;
 
 pub mod events {
     pub mod v1 {

@@ -32,6 +32,11 @@ pub enum BrokerError {
         group: Option<String>,
     },
 
+    /// A request message that is not valid protobuf: the codec's
+    /// message, which names the message type.
+    #[error("{0}")]
+    Malformed(String),
+
     /// A configured limit was reached.
     #[error("{0}")]
     ResourceExhausted(String),
@@ -88,7 +93,9 @@ impl BrokerError {
     pub fn code(&self) -> Code {
         match self {
             BrokerError::Log(e) => log_code(e),
-            BrokerError::InvalidArgument { .. } => Code::InvalidArgument,
+            BrokerError::InvalidArgument { .. } | BrokerError::Malformed(_) => {
+                Code::InvalidArgument
+            }
             BrokerError::ResourceExhausted(_) => Code::ResourceExhausted,
             BrokerError::Unauthenticated(_) => Code::Unauthenticated,
             BrokerError::PermissionDenied { .. } => Code::PermissionDenied,

@@ -200,6 +200,9 @@ pub fn publish_stream(
         let in_flight = Arc::new(Semaphore::new(max));
         let mut stopping = broker.stopping.clone();
         let mut shutting_down = false;
+        // A request that was not valid protobuf ends the stream with its
+        // INVALID_ARGUMENT, once the requests before it are answered.
+        let mut malformed = None;
         loop {
             let permit = tokio::select! {
                 p = in_flight.clone().acquire_owned() => p.expect("semaphore is never closed"),
@@ -211,9 +214,16 @@ pub fn publish_stream(
             };
             let req = match msg {
                 Ok(Some(req)) => req,
-                // The client finished, or the stream broke: requests already
-                // queued still complete and stay durable.
-                Ok(None) | Err(_) => break,
+                // The client finished, the stream broke, or a request did
+                // not decode: requests already queued still complete and
+                // stay durable.
+                Ok(None) => break,
+                Err(s) => {
+                    if s.code() == tonic::Code::InvalidArgument {
+                        malformed = Some(s);
+                    }
+                    break;
+                }
             };
             let seq = req.sequence;
             match submit_metered(&broker, &who, req).await {
@@ -234,6 +244,8 @@ pub fn publish_stream(
         let _ = in_flight.acquire_many(max as u32).await;
         if shutting_down {
             let _ = tx.send(Err(Status::from(BrokerError::ShuttingDown))).await;
+        } else if let Some(s) = malformed {
+            let _ = tx.send(Err(s)).await;
         }
     });
     Ok(ReceiverStream::new(rx))

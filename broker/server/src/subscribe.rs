@@ -154,6 +154,9 @@ pub async fn subscribe(
                 "the stream ended before the open request",
             ));
         }
+        Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
+            return Err(BrokerError::Malformed(status.message().to_string()));
+        }
         Ok(Err(status)) => {
             return Err(BrokerError::FailedPrecondition(format!(
                 "stream failed before open: {}",
@@ -309,7 +312,10 @@ async fn group_session(
                         }
                     }
                     Ok(None) => inbound_open = false,
-                    Err(_) => return,
+                    Err(s) => {
+                        finish_malformed(&tx, s);
+                        return;
+                    }
                 }
             }
             // The client went away (cancelled or disconnected).
@@ -459,7 +465,10 @@ async fn tail(
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => inbound_open = false,
-                Err(_) => return,
+                Err(s) => {
+                    finish_malformed(&tx, s);
+                    return;
+                }
             },
             _ = tx.closed() => return,
             _ = heartbeat.tick() => {
@@ -484,5 +493,14 @@ async fn send_or_stop(
             tx.finish(Status::from(BrokerError::ShuttingDown));
             false
         }
+    }
+}
+
+/// Ends a session whose inbound stream failed: with the codec's
+/// INVALID_ARGUMENT if a request was not valid protobuf, so the client
+/// learns why; any other failure means the client is gone.
+fn finish_malformed(tx: &Outbox, s: Status) {
+    if s.code() == tonic::Code::InvalidArgument {
+        tx.finish(s);
     }
 }
