@@ -113,7 +113,13 @@ fn invalid(prefix: &str, key: &str, reason: impl Into<String>) -> TlsError {
 /// example "CERTIFICATE"), so that a key given for a cert, or an empty
 /// file, is refused at start with the key named rather than failing every
 /// handshake later.
-fn expect_pem(prefix: &str, key: &str, path: &Path, pem: &[u8], labels: &[&str]) -> Result<(), TlsError> {
+fn expect_pem(
+    prefix: &str,
+    key: &str,
+    path: &Path,
+    pem: &[u8],
+    labels: &[&str],
+) -> Result<(), TlsError> {
     let found = x509_parser::pem::Pem::iter_from_buffer(pem)
         .filter_map(Result::ok)
         .any(|p| labels.iter().any(|l| p.label == *l));
@@ -123,7 +129,11 @@ fn expect_pem(prefix: &str, key: &str, path: &Path, pem: &[u8], labels: &[&str])
         Err(invalid(
             prefix,
             key,
-            format!("{} holds no PEM {} block", path.display(), labels.join(" or ")),
+            format!(
+                "{} holds no PEM {} block",
+                path.display(),
+                labels.join(" or ")
+            ),
         ))
     }
 }
@@ -160,7 +170,13 @@ impl TlsConfig {
         let c = read(prefix, "cert", cert)?;
         expect_pem(prefix, "cert", cert, &c, &["CERTIFICATE"])?;
         let k = read(prefix, "key", key)?;
-        expect_pem(prefix, "key", key, &k, &["PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY"])?;
+        expect_pem(
+            prefix,
+            "key",
+            key,
+            &k,
+            &["PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY"],
+        )?;
         Ok(Some(Identity::from_pem(c, k)))
     }
 
@@ -211,7 +227,9 @@ impl TlsConfig {
         let Some(ca) = self.ca_cert(prefix)? else {
             return Ok(None);
         };
-        let mut cfg = ClientTlsConfig::new().ca_certificate(ca).domain_name(domain);
+        let mut cfg = ClientTlsConfig::new()
+            .ca_certificate(ca)
+            .domain_name(domain);
         if let Some(id) = self.identity(prefix)? {
             cfg = cfg.identity(id);
         }
@@ -225,7 +243,8 @@ impl TlsConfig {
 /// `tls.ca`, or `http://` when TLS is on (which would send everything, a
 /// token too, in plaintext). `key` names the URL's configuration key.
 pub fn endpoint(key: &str, url: &str, tls: &TlsConfig) -> Result<Endpoint, TlsError> {
-    let ep = Endpoint::from_shared(url.to_string()).map_err(|e| invalid("", key, format!("{url:?}: {e}")))?;
+    let ep = Endpoint::from_shared(url.to_string())
+        .map_err(|e| invalid("", key, format!("{url:?}: {e}")))?;
     let https = url.starts_with("https://");
     match (https, tls.ca.is_some()) {
         (true, false) => Err(invalid(
@@ -240,7 +259,12 @@ pub fn endpoint(key: &str, url: &str, tls: &TlsConfig) -> Result<Endpoint, TlsEr
         )),
         (false, false) => Ok(ep),
         (true, true) => {
-            let host = ep.uri().host().unwrap_or_default().trim_matches(['[', ']']).to_string();
+            let host = ep
+                .uri()
+                .host()
+                .unwrap_or_default()
+                .trim_matches(['[', ']'])
+                .to_string();
             let cfg = tls.client("tls.", &host)?.expect("ca is set");
             Ok(ep.tls_config(cfg)?)
         }
@@ -340,13 +364,23 @@ mod tests {
             cert: Some("a".into()),
             ..Default::default()
         };
-        assert!(c.validate("tls.").unwrap_err().to_string().contains("`tls.key`"));
+        assert!(
+            c.validate("tls.")
+                .unwrap_err()
+                .to_string()
+                .contains("`tls.key`")
+        );
         let c = TlsConfig {
             cert: Some("a".into()),
             key: Some("b".into()),
             ..Default::default()
         };
-        assert!(c.validate("tls.").unwrap_err().to_string().contains("`tls.ca`"));
+        assert!(
+            c.validate("tls.")
+                .unwrap_err()
+                .to_string()
+                .contains("`tls.ca`")
+        );
         assert!(
             TlsConfig::default()
                 .server("tls.", ClientAuth::Required)
@@ -386,8 +420,14 @@ mod tests {
         let t = read_token("token_file", &f).unwrap();
         assert_eq!(t.expose(), "abc123");
         assert_eq!(format!("{t:?}"), "Secret(..)");
-        assert!(digest_eq(&token_digest("abc123"), &token_digest(t.expose())));
-        assert!(!digest_eq(&token_digest("abc124"), &token_digest(t.expose())));
+        assert!(digest_eq(
+            &token_digest("abc123"),
+            &token_digest(t.expose())
+        ));
+        assert!(!digest_eq(
+            &token_digest("abc124"),
+            &token_digest(t.expose())
+        ));
         std::fs::write(&f, "  \n").unwrap();
         assert!(read_token("token_file", &f).is_err());
         let _ = std::fs::remove_dir_all(dir);

@@ -415,7 +415,10 @@ impl BrokerConfig {
             ("limits.max_publishers", l.max_publishers),
             ("limits.max_credit", l.max_credit as usize),
             ("limits.subscriber_buffer_bytes", l.subscriber_buffer_bytes),
-            ("limits.max_streams_per_connection", l.max_streams_per_connection),
+            (
+                "limits.max_streams_per_connection",
+                l.max_streams_per_connection,
+            ),
             (
                 "limits.max_concurrent_requests_per_connection",
                 l.max_concurrent_requests_per_connection as usize,

@@ -150,7 +150,12 @@ mod tests {
         let e = r.take(&x, 1).unwrap_err().to_string();
         assert!(e.contains("limits.publish_rate_per_principal = 10"), "{e}");
         r.take(&y, 5).unwrap();
-        assert!(r.take(&y, 11).unwrap_err().to_string().contains("publish_burst"));
+        assert!(
+            r.take(&y, 11)
+                .unwrap_err()
+                .to_string()
+                .contains("publish_burst")
+        );
         let open = PublishRate::new(0, 0);
         open.take(&x, 1_000_000).unwrap();
     }

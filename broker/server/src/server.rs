@@ -35,7 +35,8 @@ pub async fn run(
     let auth = Auth::from_config(&cfg)?;
     let tls = cfg
         .tls
-        .server("tls.", crate::config::BROKER_CLIENT_AUTH)?.map(|t| t.timeout(cfg.limits.tls_handshake_timeout));
+        .server("tls.", crate::config::BROKER_CLIENT_AUTH)?
+        .map(|t| t.timeout(cfg.limits.tls_handshake_timeout));
     // Before the storage opens, so its fsyncs are measured from the start.
     crate::metrics::install(cfg.metrics_listen, auth.mode() == AuthMode::None)?;
     let cfg = Arc::new(cfg);
@@ -76,7 +77,8 @@ pub async fn run(
     })
     .max_decoding_message_size(max_msg)
     .max_encoding_message_size(max_msg);
-    let (routes, health) = mesh_runtime::grpc::with_health_and_reflection(Routes::new(svc), cfg.reflection)?;
+    let (routes, health) =
+        mesh_runtime::grpc::with_health_and_reflection(Routes::new(svc), cfg.reflection)?;
     health.set_serving::<BrokerServer<GrpcService>>().await;
 
     let addr = listener.local_addr()?;

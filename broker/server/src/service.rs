@@ -47,7 +47,12 @@ impl GrpcService {
 
     /// Authenticates `req` and checks that its caller holds some grant on
     /// `topic` (and on `group` when given): what describing them takes.
-    fn sees<T>(&self, req: &Request<T>, topic: &str, group: Option<&str>) -> Result<Caller, Status> {
+    fn sees<T>(
+        &self,
+        req: &Request<T>,
+        topic: &str,
+        group: Option<&str>,
+    ) -> Result<Caller, Status> {
         let who = self.caller(req)?;
         let auth = &self.broker.auth;
         let visible = match group {
@@ -107,10 +112,14 @@ impl broker_server::Broker for GrpcService {
         ok(admin::create_topic(&self.broker, req.into_inner()).await)
     }
 
-    async fn list_topics(&self, req: Request<pb::ListTopicsRequest>) -> Rpc<pb::ListTopicsResponse> {
+    async fn list_topics(
+        &self,
+        req: Request<pb::ListTopicsRequest>,
+    ) -> Rpc<pb::ListTopicsResponse> {
         let who = self.caller(&req)?;
         let mut all = admin::list_topics(&self.broker);
-        all.topics.retain(|t| self.broker.auth.sees_topic(&who, &t.name));
+        all.topics
+            .retain(|t| self.broker.auth.sees_topic(&who, &t.name));
         Ok(Response::new(all))
     }
 

@@ -31,11 +31,11 @@ use crate::{
     auth::{Caller, Verb},
     convert, dlq,
     error::{BrokerError, Result},
-    limits::StreamSlot,
     group::{
         Cmd, GroupHandle, JoinRequest, LogTopic, Outbound, ReadError, Start, TopicStore, member_id,
         resolve_start,
     },
+    limits::StreamSlot,
     outbox::{self, Outbox, OutboxStream},
     state::Shared,
 };

@@ -343,7 +343,7 @@ fn random_requests_never_break_the_broker() {
             if !p.lock().unwrap().alive() {
                 return Err(TestCaseError::fail("the broker process exited"));
             }
-            if !mesh_runtime::grpc::healthcheck(&addr.to_string()).await {
+            if !mesh_runtime::grpc::healthcheck(&addr.to_string(), &Default::default()).await {
                 return Err(TestCaseError::fail("the broker is not SERVING"));
             }
             Ok(())

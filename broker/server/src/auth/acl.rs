@@ -74,7 +74,10 @@ impl Verb {
         if s == "*" {
             return Some(Verb::ALL.to_vec());
         }
-        Verb::ALL.into_iter().find(|v| v.as_str() == s).map(|v| vec![v])
+        Verb::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .map(|v| vec![v])
     }
 }
 
@@ -215,7 +218,9 @@ impl Acl {
                 verbs.extend(vs);
             }
             if g.groups.is_empty()
-                && let Some(v) = verbs.iter().find(|v| matches!(v, Verb::Seek | Verb::DlqAdmin))
+                && let Some(v) = verbs
+                    .iter()
+                    .find(|v| matches!(v, Verb::Seek | Verb::DlqAdmin))
             {
                 return Err(at(format!("verb {v} needs `groups`")));
             }
@@ -297,8 +302,14 @@ mod tests {
         assert!(b(Verb::Publish, "payments", None));
         assert!(!b(Verb::Publish, "orders", None));
         assert!(!b(Verb::Subscribe, "orders", Some("shipping")));
-        assert!(!b(Verb::Subscribe, "orders", None), "no tail without a grant for it");
-        assert!(!b(Verb::Subscribe, "payments", Some("billing")), "no group on payments");
+        assert!(
+            !b(Verb::Subscribe, "orders", None),
+            "no tail without a grant for it"
+        );
+        assert!(
+            !b(Verb::Subscribe, "payments", Some("billing")),
+            "no group on payments"
+        );
         assert!(!b(Verb::Seek, "orders", Some("billing")));
         assert!(!b(Verb::DlqAdmin, "orders", Some("billing")));
         assert!(!b(Verb::TopicAdmin, "orders", None));
@@ -344,7 +355,10 @@ mod tests {
                 "[[grant]]\nprincipal='a'\nverbs=['publish']\ntopics=[]",
                 "at least one",
             ),
-            ("[[grant]]\nprincipal='a'\nverb=['publish']", "unknown field"),
+            (
+                "[[grant]]\nprincipal='a'\nverb=['publish']",
+                "unknown field",
+            ),
         ] {
             let e = Acl::parse(text).unwrap_err();
             assert!(e.contains(expect), "{text}: {e}");

@@ -115,7 +115,11 @@ impl Auth {
     /// token. UNAUTHENTICATED otherwise; the message never repeats a
     /// token.
     pub fn authenticate<T>(&self, req: &tonic::Request<T>) -> Result<Caller, BrokerError> {
-        let caller = |p: &str| Ok(Caller { principal: p.into() });
+        let caller = |p: &str| {
+            Ok(Caller {
+                principal: p.into(),
+            })
+        };
         match self.mode {
             AuthMode::None => caller("anonymous"),
             AuthMode::Mtls => {
@@ -198,12 +202,13 @@ pub fn check_mode(cfg: &BrokerConfig) -> Result<AuthMode, ConfigError> {
     match mode {
         AuthMode::Mtls
             if !tls_on
-                || cfg.tls.client_auth_or(crate::config::BROKER_CLIENT_AUTH) == ClientAuth::None =>
+                || cfg.tls.client_auth_or(crate::config::BROKER_CLIENT_AUTH)
+                    == ClientAuth::None =>
         {
             Err(invalid(
-            "auth",
-            "\"mtls\" needs [tls] ca, cert and key, and tls.client_auth \"optional\" or \"required\"",
-        ))
+                "auth",
+                "\"mtls\" needs [tls] ca, cert and key, and tls.client_auth \"optional\" or \"required\"",
+            ))
         }
         AuthMode::Token if !tls_on => Err(invalid(
             "auth",

@@ -59,9 +59,9 @@ impl Tokens {
             else {
                 return Err(at("expected `<principal> sha256:<64 hex digits>`"));
             };
-            let hex = digest
-                .strip_prefix("sha256:")
-                .ok_or_else(|| at("the digest must start with `sha256:` (the file holds hashes, not tokens)"))?;
+            let hex = digest.strip_prefix("sha256:").ok_or_else(|| {
+                at("the digest must start with `sha256:` (the file holds hashes, not tokens)")
+            })?;
             let d = parse_hex32(hex).ok_or_else(|| at("the digest must be 64 hex digits"))?;
             if entries.iter().any(|(_, e)| digest_eq(e, &d)) {
                 return Err(at("this token is already listed for another principal"));
@@ -126,9 +126,15 @@ mod tests {
     #[test]
     fn plain_tokens_and_malformed_lines_are_refused_by_line() {
         for (text, want) in [
-            ("billing secret-token", "line 1: the digest must start with `sha256:`"),
+            (
+                "billing secret-token",
+                "line 1: the digest must start with `sha256:`",
+            ),
             ("billing", "line 1: expected"),
-            ("# x\nbilling sha256:abcd", "line 2: the digest must be 64 hex digits"),
+            (
+                "# x\nbilling sha256:abcd",
+                "line 2: the digest must be 64 hex digits",
+            ),
         ] {
             let e = Tokens::parse(text).unwrap_err();
             assert!(e.contains(want), "{text}: {e}");
