@@ -1,16 +1,22 @@
 //! Limits against abuse that need bookkeeping of their own: long-lived
-//! streams per connection, and the publish rate per principal. (Sizes,
-//! batch lengths, credit and buffers are checked where they are used; the
-//! HTTP/2 limits are set on the server in `server.rs`.)
+//! streams per connection, the publish rate per principal, and the name
+//! of the message size limit in tonic's refusals. (Sizes, batch lengths,
+//! credit and buffers are checked where they are used; the HTTP/2 limits
+//! are set on the server in `server.rs`.)
 
 use std::{
     collections::HashMap,
+    convert::Infallible,
+    future::Future,
     net::SocketAddr,
     num::NonZeroU32,
+    pin::Pin,
     sync::{Arc, Mutex},
+    task::{Context, Poll},
 };
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tonic::Status;
 
 use crate::error::{BrokerError, Result};
 
@@ -119,6 +125,82 @@ impl PublishRate {
                 "a request of {events} events is larger than limits.publish_burst allows at once"
             ))),
         }
+    }
+}
+
+/// tonic refuses a request message larger than the service's decoding
+/// limit with OUT_OF_RANGE "decoded message length too large", which
+/// names no setting. gRPC's own servers answer RESOURCE_EXHAUSTED; this
+/// does too, naming `limits.max_message_bytes`. Anything else passes as
+/// it is.
+pub fn name_message_limit(s: Status, max_message_bytes: usize) -> Status {
+    if s.code() == tonic::Code::OutOfRange && s.message().contains("message length too large") {
+        let found = s
+            .message()
+            .split("found ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .unwrap_or("?");
+        return Status::resource_exhausted(format!(
+            "a request message of {found} bytes exceeds limits.max_message_bytes = {max_message_bytes}"
+        ));
+    }
+    s
+}
+
+/// The broker service with unary refusals of oversized messages renamed
+/// by [`name_message_limit`] (streams map their inbound errors
+/// themselves). tonic answers those before any handler runs, as a
+/// trailers-only response, so this is the one place to see them.
+#[derive(Clone)]
+pub struct NamedMessageLimit<S> {
+    inner: S,
+    max_message_bytes: usize,
+}
+
+impl<S> NamedMessageLimit<S> {
+    pub fn new(inner: S, max_message_bytes: usize) -> Self {
+        NamedMessageLimit {
+            inner,
+            max_message_bytes,
+        }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for NamedMessageLimit<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type Http<B> = tonic::codegen::http::Request<B>;
+type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
+
+impl<S, B> tonic::codegen::Service<Http<B>> for NamedMessageLimit<S>
+where
+    S: tonic::codegen::Service<Http<B>, Response = HttpResponse, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Http<B>) -> Self::Future {
+        let (fut, max) = (self.inner.call(req), self.max_message_bytes);
+        Box::pin(async move {
+            let mut resp = fut.await?;
+            if let Some(s) = Status::from_header_map(resp.headers())
+                && s.code() == tonic::Code::OutOfRange
+            {
+                let named = name_message_limit(s, max);
+                let headers = resp.headers_mut();
+                headers.remove("grpc-message");
+                let _ = named.add_header(headers);
+            }
+            Ok(resp)
+        })
     }
 }
 

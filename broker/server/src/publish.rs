@@ -219,7 +219,12 @@ pub fn publish_stream(
                 // stay durable.
                 Ok(None) => break,
                 Err(s) => {
-                    if s.code() == tonic::Code::InvalidArgument {
+                    let s =
+                        crate::limits::name_message_limit(s, broker.cfg.limits.max_message_bytes);
+                    if matches!(
+                        s.code(),
+                        tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted
+                    ) {
                         malformed = Some(s);
                     }
                     break;

@@ -77,6 +77,7 @@ pub async fn run(
     })
     .max_decoding_message_size(max_msg)
     .max_encoding_message_size(max_msg);
+    let svc = crate::limits::NamedMessageLimit::new(svc, max_msg);
     let (routes, health) =
         mesh_runtime::grpc::with_health_and_reflection(Routes::new(svc), cfg.reflection)?;
     health.set_serving::<BrokerServer<GrpcService>>().await;

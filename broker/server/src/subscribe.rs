@@ -157,6 +157,10 @@ pub async fn subscribe(
         Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
             return Err(BrokerError::Malformed(status.message().to_string()));
         }
+        Ok(Err(status)) if status.code() == tonic::Code::OutOfRange => {
+            let s = crate::limits::name_message_limit(status, broker.cfg.limits.max_message_bytes);
+            return Err(BrokerError::ResourceExhausted(s.message().to_string()));
+        }
         Ok(Err(status)) => {
             return Err(BrokerError::FailedPrecondition(format!(
                 "stream failed before open: {}",
@@ -313,7 +317,7 @@ async fn group_session(
                     }
                     Ok(None) => inbound_open = false,
                     Err(s) => {
-                        finish_malformed(&tx, s);
+                        finish_malformed(&tx, s, broker.cfg.limits.max_message_bytes);
                         return;
                     }
                 }
@@ -466,7 +470,7 @@ async fn tail(
                 Ok(Some(_)) => {}
                 Ok(None) => inbound_open = false,
                 Err(s) => {
-                    finish_malformed(&tx, s);
+                    finish_malformed(&tx, s, broker.cfg.limits.max_message_bytes);
                     return;
                 }
             },
@@ -497,10 +501,16 @@ async fn send_or_stop(
 }
 
 /// Ends a session whose inbound stream failed: with the codec's
-/// INVALID_ARGUMENT if a request was not valid protobuf, so the client
-/// learns why; any other failure means the client is gone.
-fn finish_malformed(tx: &Outbox, s: Status) {
-    if s.code() == tonic::Code::InvalidArgument {
+/// INVALID_ARGUMENT if a request was not valid protobuf, or
+/// RESOURCE_EXHAUSTED naming `limits.max_message_bytes` if it was too
+/// large, so the client learns why; any other failure means the client is
+/// gone.
+fn finish_malformed(tx: &Outbox, s: Status, max_message_bytes: usize) {
+    let s = crate::limits::name_message_limit(s, max_message_bytes);
+    if matches!(
+        s.code(),
+        tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted
+    ) {
         tx.finish(s);
     }
 }

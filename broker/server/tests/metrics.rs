@@ -83,6 +83,9 @@ async fn counters_follow_a_known_workload_and_a_stalled_groups_lag_rises_then_fa
     let before = scrape(maddr).unwrap();
     let base = |name: &str| value(&before, name, &[("topic", t)]);
     assert_eq!(base("mesh_broker_events_published_total"), 0.0);
+    // This broker runs with auth = "none" (the harness's default): every
+    // scrape says so.
+    assert_eq!(value(&before, "mesh_broker_auth_disabled", &[]), 1.0);
 
     // 30 events in two unary requests, 10 more on a Publish stream.
     let ev = |i: usize| event(&format!("e{i}"), &format!("k{i}"), "{}");
