@@ -450,3 +450,57 @@ async fn the_broker_refuses_to_start_without_authentication_or_with_tokens_in_pl
         assert!(e.contains("`auth`") && e.contains(want), "{e}");
     }
 }
+
+#[tokio::test]
+async fn no_token_or_key_reaches_the_log_even_at_debug_level() {
+    let pki = Pki::new();
+    let token = mesh_certs::Token::generate().unwrap();
+    std::fs::write(pki.path("tokens"), format!("{}\n", token.line("billing"))).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let log = data.path().join("broker.log");
+    let p = |f: &str| pki.path(f).display().to_string();
+    let (ca, cert, key, tokens, acl) = (p("ca.crt"), p("broker.crt"), p("broker.key"), p("tokens"), secure::demo_acl().display().to_string());
+    std::fs::create_dir(data.path().join("data")).unwrap();
+    let b = common::BrokerProcess::spawn_logging_to(
+        &data.path().join("data"),
+        &[
+            ("BROKER__AUTH", "token"),
+            ("BROKER__TLS__CA", &ca),
+            ("BROKER__TLS__CERT", &cert),
+            ("BROKER__TLS__KEY", &key),
+            ("BROKER__TLS__CLIENT_AUTH", "none"),
+            ("BROKER__TOKEN_FILE", &tokens),
+            ("BROKER__ACL_FILE", &acl),
+            ("BROKER__AUTO_CREATE_TOPICS", "true"),
+            ("RUST_LOG", "debug"),
+        ],
+        &log,
+    );
+    let ch = mesh_runtime::tls::endpoint("broker", &format!("https://{}", b.addr), &pki.ca_only())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = pb::broker_client::BrokerClient::new(ch);
+    let wrong = mesh_certs::Token::generate().unwrap();
+    for t in [token.as_str(), wrong.as_str()] {
+        for topic in ["payments", "orders"] {
+            let mut r = tonic::Request::new(pb::PublishRequest {
+                sequence: 1,
+                topic: topic.into(),
+                events: vec![event("secret-test", "k", "x")],
+            });
+            r.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+            let _ = c.publish_unary(r).await;
+        }
+    }
+    b.sigterm();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("DEBUG") || text.contains("debug"), "the log is at debug level: {text}");
+    for secret in [token.as_str(), wrong.as_str()] {
+        assert!(!text.contains(secret), "a token reached the log");
+    }
+    let key_pem = std::fs::read_to_string(pki.path("broker.key")).unwrap();
+    let key_body = key_pem.lines().nth(1).unwrap();
+    assert!(!text.contains(key_body), "the private key reached the log");
+}
