@@ -61,7 +61,7 @@ pub(crate) fn check(data_dir: &Path, keys: Option<&Keyring>) -> Result<()> {
         (Some(keys), None) => {
             if let Some(topic) = topic_with_records(&data_dir.join("topics"))? {
                 return Err(LogError::Config(format!(
-                    "storage.encryption_key_file is set, but topic {topic:?} in data directory {} already holds unencrypted records; encryption can only be turned on for a data directory without records (start a new one and move the topics' events over)",
+                    "storage.encryption_key_file is set, but topic {topic:?} in data directory {} already holds unencrypted records; encryption can only be turned on for a data directory without records (start a new one and move the topics' events over). (If the directory was encrypted and its {ENCRYPTION_FILE} file was lost, restore that file from a backup.)",
                     data_dir.display()
                 )));
             }

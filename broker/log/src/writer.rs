@@ -266,8 +266,13 @@ impl Writer {
                 }
                 match &self.shared.keys {
                     Some(keys) => {
+                        // Only the OS random source can fail here: no
+                        // record is written without a fresh nonce.
                         record::encode_sealed(&mut self.buf, offset, now, hash, &rec.payload, keys)
-                            .map_err(|e| LogError::Config(e.to_string()))?;
+                            .map_err(|e| LogError::Io {
+                                path: self.active.path().to_path_buf(),
+                                source: std::io::Error::other(e.to_string()),
+                            })?;
                     }
                     None => record::encode(&mut self.buf, offset, now, hash, &rec.payload),
                 }
