@@ -1,7 +1,7 @@
 //! Settings of the log. The broker's config file maps onto these; the
 //! defaults are the safe ones.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +40,10 @@ pub struct LogConfig {
     pub max_batch_bytes: usize,
     /// Appends queued per topic before appenders wait (backpressure).
     pub queue_depth: usize,
+    /// Encryption at rest: the key file (format in [`crate::keyring`]).
+    /// `None` stores payloads in plaintext. A path, never the key: keys
+    /// stay out of config files, command lines and logs.
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 impl Default for LogConfig {
@@ -53,6 +57,7 @@ impl Default for LogConfig {
             dedupe_max_ids: 1_000_000,
             max_batch_bytes: 4 << 20,
             queue_depth: 4096,
+            encryption_key_file: None,
         }
     }
 }
@@ -79,6 +84,15 @@ impl LogConfig {
         if self.queue_depth == 0 {
             return fail("storage.queue_depth must be greater than 0");
         }
+        if self
+            .encryption_key_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return fail(
+                "storage.encryption_key_file must not be empty (leave it out to turn encryption off)",
+            );
+        }
         if let FsyncPolicy::Interval(d) = self.fsync
             && d.is_zero()
         {
@@ -89,7 +103,16 @@ impl LogConfig {
 
     /// Largest record body the reader accepts from disk.
     pub(crate) fn max_body(&self) -> usize {
-        self.max_record_bytes + crate::record::BODY_FIXED
+        self.max_record_bytes + crate::record::SEALED_FIXED
+    }
+
+    /// Loads the key file, if encryption is on.
+    pub(crate) fn load_keys(&self) -> Result<Option<std::sync::Arc<crate::keyring::Keyring>>> {
+        self.encryption_key_file
+            .as_deref()
+            .map(|p| crate::keyring::Keyring::load(p).map(std::sync::Arc::new))
+            .transpose()
+            .map_err(LogError::from)
     }
 }
 

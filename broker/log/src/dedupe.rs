@@ -5,6 +5,14 @@
 //! accidental collision needs about 2^64 ids. The window is bounded by time
 //! and by a count, so a producer that floods unique ids cannot grow memory
 //! without bound: past the count, the oldest ids leave the window early.
+//!
+//! With encryption at rest the hashes stay unkeyed xxh3 (in each record's
+//! header and in the `.ids` sidecars), by decision: keyed with the
+//! encryption key, a rotation would change every id's hash, and a producer
+//! retrying across the restart that rotated the key would store its event
+//! twice. An unkeyed hash reveals only whether two records share an id, or
+//! confirms a guessed id; it never holds payload bytes. Keying them with a
+//! separate, never-rotated dedupe key would close that too (not done).
 
 use std::collections::{HashMap, VecDeque};
 

@@ -106,3 +106,13 @@ pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> LogE
     let path = path.into();
     move |source| LogError::Io { path, source }
 }
+
+/// Key file and key check failures are configuration errors: the broker
+/// refuses to start, naming the key file, its line or the key id (never
+/// key bytes). (A variant of their own would need every exhaustive match
+/// on `LogError`, the broker's status mapping among them, to learn it.)
+impl From<crate::keyring::KeyError> for LogError {
+    fn from(e: crate::keyring::KeyError) -> Self {
+        LogError::Config(e.to_string())
+    }
+}

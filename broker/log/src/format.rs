@@ -6,8 +6,14 @@
 //! the directory and both versions, instead of misreading it.
 //!
 //! Format 1 is the layout written before the stamp existed: a directory
-//! without `FORMAT` (or a new, empty one) is format 1. It is opened as it
-//! is, and stamped once it opened.
+//! without `FORMAT` (or a new, empty one) is format 1.
+//!
+//! Format 2 adds encryption at rest: records may be sealed (the length
+//! field's top bit, see [`crate::record`]) and the directory may hold the
+//! key verifiers (`ENCRYPTION`, see `keycheck`). A format 1 broker would
+//! take a sealed record's length for damage and cut the log there, hence
+//! the new number. Every format 1 record is a valid format 2 record, so a
+//! format 1 directory is opened as it is and stamped 2 once it opened.
 //!
 //! Raise [`FORMAT_VERSION`] with any change that an older broker would
 //! misread (record framing, sidecars, offsets file, topic metadata), and
@@ -22,7 +28,7 @@ use crate::{
 };
 
 /// The format this build writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Name of the stamp file inside the data directory.
 pub const FORMAT_FILE: &str = "FORMAT";
@@ -74,7 +80,7 @@ mod tests {
         stamp(dir.path()).unwrap();
         assert_eq!(
             fs::read_to_string(dir.path().join(FORMAT_FILE)).unwrap(),
-            "1\n"
+            "2\n"
         );
         assert_eq!(check(dir.path()).unwrap(), Some(FORMAT_VERSION));
     }
@@ -89,7 +95,7 @@ mod tests {
                 err,
                 LogError::FormatTooNew {
                     found: 7,
-                    supported: 1,
+                    supported: 2,
                     ..
                 }
             ),
@@ -98,7 +104,7 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
         assert!(
-            msg.contains("format 7") && msg.contains("format 1"),
+            msg.contains("format 7") && msg.contains("format 2"),
             "{msg}"
         );
     }
@@ -108,19 +114,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let new = dir.path().join("new");
         drop(crate::LocalStorage::open(&new, crate::LogConfig::default()).unwrap());
-        assert_eq!(fs::read_to_string(new.join(FORMAT_FILE)).unwrap(), "1\n");
+        assert_eq!(fs::read_to_string(new.join(FORMAT_FILE)).unwrap(), "2\n");
         drop(crate::LocalStorage::open(&new, crate::LogConfig::default()).unwrap());
+
+        // A directory stamped format 1 (records unchanged in format 2) is
+        // upgraded by the stamp alone.
+        let old = dir.path().join("old");
+        fs::create_dir(&old).unwrap();
+        fs::write(old.join(FORMAT_FILE), "1\n").unwrap();
+        drop(crate::LocalStorage::open(&old, crate::LogConfig::default()).unwrap());
+        assert_eq!(fs::read_to_string(old.join(FORMAT_FILE)).unwrap(), "2\n");
 
         let newer = dir.path().join("newer");
         fs::create_dir(&newer).unwrap();
-        fs::write(newer.join(FORMAT_FILE), "2\n").unwrap();
+        fs::write(newer.join(FORMAT_FILE), "3\n").unwrap();
         let err = crate::LocalStorage::open(&newer, crate::LogConfig::default()).unwrap_err();
         assert!(
-            matches!(err, LogError::FormatTooNew { found: 2, .. }),
+            matches!(err, LogError::FormatTooNew { found: 3, .. }),
             "{err:?}"
         );
         assert!(!newer.join("topics").exists(), "nothing written");
-        assert_eq!(fs::read_to_string(newer.join(FORMAT_FILE)).unwrap(), "2\n");
+        assert_eq!(fs::read_to_string(newer.join(FORMAT_FILE)).unwrap(), "3\n");
     }
 
     #[test]

@@ -9,7 +9,11 @@
 //! - `shared`: the state a topic, its writer and its syncer share.
 //! - [`segment`]: one segment: its file, sparse index and published length.
 //! - `segfile`: a segment file read by position, and its recovery scan.
-//! - [`record`]: the on-disk framing of one record (CRC-32C checksummed).
+//! - [`record`]: the on-disk framing of one record (CRC-32C checksummed;
+//!   sealed with XChaCha20-Poly1305 when encryption at rest is on).
+//! - [`keyring`]: the encryption key file, its keys, and the AEAD.
+//! - `keycheck`: the data directory's key verifiers (`ENCRYPTION`), so a
+//!   wrong key fails the start.
 //! - [`index`]: sparse offset/time index entries and the sealed-segment
 //!   sidecar files.
 //! - [`dedupe`]: the producer de-duplication window.
@@ -27,6 +31,8 @@ pub mod error;
 pub mod format;
 mod fsutil;
 pub mod index;
+mod keycheck;
+pub mod keyring;
 pub mod names;
 pub mod offsets;
 pub mod record;
@@ -41,6 +47,8 @@ pub mod writer;
 pub use config::{FsyncPolicy, LogConfig, TopicConfig};
 pub use error::{LogError, Result};
 pub use format::FORMAT_VERSION;
+pub use keycheck::ENCRYPTION_FILE;
+pub use keyring::Keyring;
 pub use offsets::CommitMode;
 pub use record::Record;
 pub use storage::{LocalStorage, Storage};

@@ -11,8 +11,9 @@ use crate::{
     error::{LogError, Result, io_err},
     fsutil::sync_dir,
     index::IdEntry,
+    keyring::Keyring,
     segfile,
-    segment::Segment,
+    segment::{Segment, TailRecovery},
     writer::{WriterStart, now_us},
 };
 
@@ -28,7 +29,18 @@ pub(crate) struct Recovered {
 /// sealed segments load from their sidecars. Leftover `.tmp` files of an
 /// interrupted atomic write are removed; an empty topic gets its first
 /// segment.
-pub(crate) fn recover(name: &str, dir: &Path, cfg: &LogConfig) -> Result<Recovered> {
+///
+/// Recovery never decrypts: the checksum tells a torn write from damage
+/// without a key, so a wrong or missing key can never make it cut off
+/// data. It only checks that the tail's sealed records name keys that
+/// `keys` holds (and that an encrypted log holds no plaintext record), so
+/// a missing key stops the start instead of the first read.
+pub(crate) fn recover(
+    name: &str,
+    dir: &Path,
+    cfg: &LogConfig,
+    keys: Option<&Keyring>,
+) -> Result<Recovered> {
     let bases = list_segments(dir)?;
     let interval = cfg.index_interval_bytes;
     let max_body = cfg.max_body();
@@ -51,6 +63,7 @@ pub(crate) fn recover(name: &str, dir: &Path, cfg: &LogConfig) -> Result<Recover
                     "recovered from a torn write"
                 );
             }
+            check_keys(&tail, &rec, keys)?;
             segments.push(Arc::new(tail));
             rec.ids
         }
@@ -90,6 +103,41 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     }
     bases.sort_unstable();
     Ok(bases)
+}
+
+/// The tail's records must be readable with `keys`: every key id in the
+/// key file, no sealed record without keys, no plaintext record in an
+/// encrypted log.
+fn check_keys(tail: &Segment, rec: &TailRecovery, keys: Option<&Keyring>) -> Result<()> {
+    let path = tail.path().display();
+    let problem = match keys {
+        None => rec.key_ids.first().map(|&(id, offset)| {
+            format!(
+                "segment {path} holds records encrypted with key id {id} (the first at offset {offset}), but storage.encryption_key_file is not set"
+            )
+        }),
+        Some(k) => rec
+            .key_ids
+            .iter()
+            .find(|(id, _)| !k.contains(*id))
+            .map(|&(id, offset)| {
+                format!(
+                    "segment {path} holds records encrypted with key id {id} (the first at offset {offset}), which is not in the encryption key file {}; add that key line back",
+                    k.path().display()
+                )
+            })
+            .or_else(|| {
+                rec.first_plain.map(|offset| {
+                    format!(
+                        "segment {path} holds an unencrypted record at offset {offset}, but the log is encrypted (storage.encryption_key_file is set)"
+                    )
+                })
+            }),
+    };
+    match problem {
+        Some(p) => Err(LogError::Config(p)),
+        None => Ok(()),
+    }
 }
 
 /// Each segment must start where the previous one ends: a gap means a

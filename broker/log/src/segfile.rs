@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use crate::{
     error::{LogError, Result, io_err},
     index::{IdEntry, IndexEntry},
-    record::{self, Decoded, Record},
+    record::{self, Decoded, Frame},
 };
 
 /// Bytes read from disk at a time by scans and reads.
@@ -51,6 +51,11 @@ pub(crate) struct Scan {
     pub max_ts: i64,
     /// Where and why the scan stopped before the end of the file.
     pub stopped: Option<(u64, &'static str)>,
+    /// The key ids of the sealed records (each once), and the offset of
+    /// the first record with it: recovery checks the key file has them.
+    pub key_ids: Vec<(u32, u64)>,
+    /// The offset of the first plaintext record, if any.
+    pub first_plain: Option<u64>,
 }
 
 /// The file of one segment.
@@ -153,6 +158,8 @@ impl SegmentFile {
             min_ts: i64::MAX,
             max_ts: i64::MIN,
             stopped: None,
+            key_ids: Vec::new(),
+            first_plain: None,
         };
         let mut last_indexed: Option<u64> = None;
         let mut pos = 0u64;
@@ -182,6 +189,15 @@ impl SegmentFile {
                                 offset: r.offset,
                                 timestamp_us: r.timestamp_us,
                             });
+                        }
+                        match r.key_id {
+                            Some(k) if !s.key_ids.iter().any(|&(id, _)| id == k) => {
+                                s.key_ids.push((k, r.offset));
+                            }
+                            Some(_) => {}
+                            None => {
+                                s.first_plain.get_or_insert(r.offset);
+                            }
                         }
                         s.min_ts = s.min_ts.min(r.timestamp_us);
                         s.max_ts = s.max_ts.max(r.timestamp_us);
@@ -237,11 +253,11 @@ impl SegmentFile {
         }
         let rest = self.read_chunk(start, (end - start) as usize)?;
         for i in 0..rest.len().saturating_sub(record::OVERHEAD) {
-            let body_len = u32::from_le_bytes(rest[i..i + 4].try_into().expect("4 bytes")) as usize;
-            if body_len < record::BODY_FIXED
-                || body_len > self.max_body
-                || i + record::FRAME_HEADER + body_len > rest.len()
-            {
+            let field = u32::from_le_bytes(rest[i..i + 4].try_into().expect("4 bytes"));
+            let Some((body_len, _)) = record::body_len(field, self.max_body) else {
+                continue;
+            };
+            if i + record::FRAME_HEADER + body_len > rest.len() {
                 continue;
             }
             let offset = u64::from_le_bytes(rest[i + 8..i + 16].try_into().expect("8 bytes"));
@@ -255,9 +271,11 @@ impl SegmentFile {
         Ok(None)
     }
 
-    /// Calls `f` for each record from `start` on, stopping before
-    /// `end_offset`, at byte `limit` (the end of the readable bytes), or
-    /// when `f` breaks.
+    /// Calls `f` with each stored record and its byte position from
+    /// `start` on, stopping before `end_offset`, at byte `limit` (the end
+    /// of the readable bytes), or when `f` breaks or fails. A sealed
+    /// record reaches `f` still sealed: only the ones it keeps are
+    /// decrypted.
     /// `hint` sizes the first read.
     ///
     /// `skip` is `Some((from, scan_end))` when the caller only wants
@@ -274,7 +292,7 @@ impl SegmentFile {
         end_offset: u64,
         hint: usize,
         skip: Option<(u64, u64)>,
-        mut f: impl FnMut(Record) -> ControlFlow<()>,
+        mut f: impl FnMut(Frame, u64) -> Result<ControlFlow<()>>,
     ) -> Result<()> {
         let (mut pos, mut expected) = start.map_or((0, self.base), |e| (e.position, e.offset));
         let mut want = hint.clamp(64 << 10, CHUNK);
@@ -287,9 +305,10 @@ impl SegmentFile {
                 }
                 let reason = match record::decode(&buf.slice(i..), self.max_body) {
                     Decoded::Record(r, n) if r.offset == expected => {
+                        let at = pos + i as u64;
                         expected += 1;
                         i += n;
-                        if f(r).is_break() {
+                        if f(r, at)?.is_break() {
                             return Ok(());
                         }
                         continue;

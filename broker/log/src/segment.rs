@@ -24,7 +24,8 @@ use std::{
 use crate::{
     error::{Result, io_err},
     index::{self, IdEntry, IndexEntry, SegmentSummary},
-    record::Record,
+    keyring::Keyring,
+    record::{Frame, Record},
     segfile::SegmentFile,
 };
 
@@ -52,6 +53,10 @@ pub struct TailRecovery {
     pub ids: Vec<IdEntry>,
     /// Bytes of a torn final write that were cut off.
     pub truncated_bytes: u64,
+    /// Key ids of the sealed records kept, with the first offset of each.
+    pub key_ids: Vec<(u32, u64)>,
+    /// The first plaintext record kept, if any.
+    pub first_plain: Option<u64>,
 }
 
 impl Segment {
@@ -151,6 +156,8 @@ impl Segment {
             TailRecovery {
                 ids: scan.ids,
                 truncated_bytes,
+                key_ids: scan.key_ids,
+                first_plain: scan.first_plain,
             },
         ))
     }
@@ -194,7 +201,7 @@ impl Segment {
         end_offset: u64,
         hint: usize,
         skip: Option<(u64, u64)>,
-        f: impl FnMut(Record) -> ControlFlow<()>,
+        f: impl FnMut(Frame, u64) -> Result<ControlFlow<()>>,
     ) -> Result<()> {
         let limit = self.readable_len.load(Ordering::Acquire);
         self.file
@@ -204,6 +211,8 @@ impl Segment {
     /// Appends to `out` the records from offset `from` (inclusive) up to
     /// `end_offset` (exclusive), at most `max_records` and, after the first
     /// record, at most `max_bytes` of payload. Returns the payload bytes.
+    /// Sealed records are decrypted with `keys`; one that does not
+    /// authenticate is reported as corrupt, like a failed checksum.
     ///
     /// On an error, the records read before it are in `out` already.
     pub fn read(
@@ -212,6 +221,7 @@ impl Segment {
         end_offset: u64,
         max_records: usize,
         max_bytes: usize,
+        keys: Option<&Keyring>,
         out: &mut Vec<Record>,
     ) -> Result<usize> {
         // The entry to start from, and where the next one begins (the end
@@ -221,22 +231,32 @@ impl Segment {
         let scan_end = next.map_or(u64::MAX, |e| e.position);
         let mut bytes = 0usize;
         let mut taken = 0usize;
-        self.for_each_from(start, end_offset, max_bytes, Some((from, scan_end)), |r| {
-            if r.offset < from {
-                return ControlFlow::Continue(());
-            }
-            if taken > 0 && bytes + r.payload.len() > max_bytes {
-                return ControlFlow::Break(());
-            }
-            bytes += r.payload.len();
-            taken += 1;
-            out.push(r);
-            if taken >= max_records {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        })?;
+        self.for_each_from(
+            start,
+            end_offset,
+            max_bytes,
+            Some((from, scan_end)),
+            |f, at| {
+                if f.offset < from {
+                    return Ok(ControlFlow::Continue(()));
+                }
+                let offset = f.offset;
+                let r = f
+                    .open(keys)
+                    .map_err(|reason| self.file.corrupt(at, offset, &reason))?;
+                if taken > 0 && bytes + r.payload.len() > max_bytes {
+                    return Ok(ControlFlow::Break(()));
+                }
+                bytes += r.payload.len();
+                taken += 1;
+                out.push(r);
+                Ok(if taken >= max_records {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                })
+            },
+        )?;
         Ok(bytes)
     }
 
@@ -245,13 +265,13 @@ impl Segment {
     pub fn offset_for_time(&self, timestamp_us: i64, end_offset: u64) -> Result<Option<u64>> {
         let start = index::floor_by_time(&self.index.read().expect("index lock"), timestamp_us);
         let mut found = None;
-        self.for_each_from(start, end_offset, 0, None, |r| {
-            if r.timestamp_us >= timestamp_us {
+        self.for_each_from(start, end_offset, 0, None, |r, _| {
+            Ok(if r.timestamp_us >= timestamp_us {
                 found = Some(r.offset);
                 ControlFlow::Break(())
             } else {
                 ControlFlow::Continue(())
-            }
+            })
         })?;
         Ok(found)
     }

@@ -9,7 +9,7 @@ use std::{
 
 use tokio::sync::watch;
 
-use crate::{config::LogConfig, error::LogError, segment::Segment};
+use crate::{config::LogConfig, error::LogError, keyring::Keyring, record, segment::Segment};
 
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -19,6 +19,9 @@ pub(crate) struct Shared {
     pub dir: PathBuf,
     /// The log's settings (fsync policy, segment size, limits).
     pub cfg: Arc<LogConfig>,
+    /// The encryption keys when encryption at rest is on: the writer seals
+    /// new records with the active one, readers open any of them.
+    pub keys: Option<Arc<Keyring>>,
     /// The segments in offset order; the last one is the active one.
     pub segments: RwLock<Vec<Arc<Segment>>>,
     /// One past the last offset readers may see.
@@ -34,6 +37,7 @@ impl Shared {
         name: &str,
         dir: PathBuf,
         cfg: Arc<LogConfig>,
+        keys: Option<Arc<Keyring>>,
         segments: Vec<Arc<Segment>>,
         head: u64,
     ) -> Self {
@@ -41,9 +45,19 @@ impl Shared {
             name: name.to_string(),
             dir,
             cfg,
+            keys,
             segments: RwLock::new(segments),
             head: watch::channel(head).0,
             poisoned: Mutex::new(None),
+        }
+    }
+
+    /// Bytes a record with a payload of `len` bytes takes on disk.
+    pub fn record_len(&self, len: usize) -> usize {
+        if self.keys.is_some() {
+            record::sealed_len(len)
+        } else {
+            record::encoded_len(len)
         }
     }
 

@@ -19,6 +19,8 @@ use crate::{
     error::{LogError, Result, io_err},
     format,
     fsutil::sync_dir,
+    keycheck,
+    keyring::Keyring,
     names,
     offsets::CommitMode,
     record::Record,
@@ -68,6 +70,9 @@ pub trait Storage: Send + Sync + 'static {
 pub struct LocalStorage {
     root: PathBuf,
     cfg: Arc<LogConfig>,
+    /// The encryption keys, loaded and checked once at open and shared by
+    /// every topic; `None` when encryption at rest is off.
+    keys: Option<Arc<Keyring>>,
     topics: RwLock<HashMap<String, Arc<TopicLog>>>,
     /// Serializes creating and deleting topics. Without it two concurrent
     /// CreateTopic calls for one name both pass the "does it exist" check;
@@ -113,6 +118,11 @@ impl LocalStorage {
         // Before anything else is read or written: a newer format is
         // refused untouched.
         let stamped = format::check(data_dir)?;
+        // Then the keys: a wrong key stops here, before recovery touches a
+        // topic (see `keycheck` for the rules on turning encryption on or
+        // off).
+        let keys = cfg.load_keys()?;
+        keycheck::check(data_dir, keys.as_deref())?;
         let root = data_dir.join("topics");
         fs::create_dir_all(&root).map_err(io_err(&root))?;
         let mut topics = HashMap::new();
@@ -124,17 +134,19 @@ impl LocalStorage {
                 // A topic whose creation never completed, or a stray file.
                 continue;
             }
-            let log = TopicLog::open(&name, &entry.path(), cfg.clone())?;
+            let log = TopicLog::open_with_keys(&name, &entry.path(), cfg.clone(), keys.clone())?;
             topics.insert(name, Arc::new(log));
         }
-        if stamped.is_none() {
-            // New, or written before the stamp (format 1, this format):
-            // it opened as it is, so stamp it.
+        if stamped != Some(format::FORMAT_VERSION) {
+            // New, or an older format (format 1, before the stamp or
+            // stamped): it opened as it is, and format 2 only adds sealed
+            // records, so stamp it before anything new is written.
             format::stamp(data_dir)?;
         }
         Ok(LocalStorage {
             root,
             cfg,
+            keys,
             topics: RwLock::new(topics),
             admin: tokio::sync::Mutex::new(()),
             _lock: lock,
@@ -174,13 +186,13 @@ impl Storage for LocalStorage {
             return Err(LogError::TopicExists(name.to_string()));
         }
         let dir = self.root.join(name);
-        let (n, cfg) = (name.to_string(), self.cfg.clone());
+        let (n, cfg, keys) = (name.to_string(), self.cfg.clone(), self.keys.clone());
         let log = blocking("create_topic", move || {
             // A leftover directory from a failed create or delete.
             if dir.exists() {
                 fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
             }
-            TopicLog::create(&n, &dir, cfg, config)
+            TopicLog::create_with_keys(&n, &dir, cfg, config, keys)
         })
         .await?;
         let stats = log.stats();

@@ -24,6 +24,7 @@ use crate::{
     config::{LogConfig, TopicConfig},
     error::{LogError, Result, io_err},
     fsutil::{replace_file, sync_dir},
+    keyring::Keyring,
     offsets::{CommitMode, GroupOffsets},
     record::Record,
     recovery::{self, Recovered},
@@ -119,31 +120,59 @@ pub(crate) fn read_meta(dir: &Path) -> Result<TopicConfig> {
 
 impl TopicLog {
     /// Creates a new topic directory and opens it.
+    ///
+    /// With `encryption_key_file` set, this loads the key file itself but
+    /// does not check it against the data directory's key verifiers:
+    /// [`crate::LocalStorage`] does that, once, before opening any topic.
     pub fn create(
         name: &str,
         dir: &Path,
         cfg: Arc<LogConfig>,
         topic_cfg: TopicConfig,
     ) -> Result<Self> {
+        let keys = cfg.load_keys()?;
+        Self::create_with_keys(name, dir, cfg, topic_cfg, keys)
+    }
+
+    /// [`Self::create`] with the keys already loaded (and checked).
+    pub(crate) fn create_with_keys(
+        name: &str,
+        dir: &Path,
+        cfg: Arc<LogConfig>,
+        topic_cfg: TopicConfig,
+        keys: Option<Arc<Keyring>>,
+    ) -> Result<Self> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         write_meta(dir, &topic_cfg)?;
         if let Some(parent) = dir.parent() {
             sync_dir(parent)?;
         }
-        Self::open(name, dir, cfg)
+        Self::open_with_keys(name, dir, cfg, keys)
     }
 
     /// Opens and recovers an existing topic directory (see
-    /// [`crate::recovery`]).
+    /// [`crate::recovery`]). Keys as in [`Self::create`].
     pub fn open(name: &str, dir: &Path, cfg: Arc<LogConfig>) -> Result<Self> {
+        let keys = cfg.load_keys()?;
+        Self::open_with_keys(name, dir, cfg, keys)
+    }
+
+    /// [`Self::open`] with the keys already loaded (and checked).
+    pub(crate) fn open_with_keys(
+        name: &str,
+        dir: &Path,
+        cfg: Arc<LogConfig>,
+        keys: Option<Arc<Keyring>>,
+    ) -> Result<Self> {
         cfg.validate()?;
         let topic_cfg = read_meta(dir)?;
-        let Recovered { segments, start } = recovery::recover(name, dir, &cfg)?;
+        let Recovered { segments, start } = recovery::recover(name, dir, &cfg, keys.as_deref())?;
         let head = start.active.next_offset();
         let shared = Arc::new(Shared::new(
             name,
             dir.to_path_buf(),
             cfg.clone(),
+            keys,
             segments,
             head,
         ));
@@ -281,6 +310,7 @@ impl TopicLog {
                 head,
                 max_records - out.len(),
                 budget,
+                self.shared.keys.as_deref(),
                 &mut out,
             ) {
                 Ok(n) => bytes += n,

@@ -135,7 +135,7 @@ impl Writer {
             last_indexed,
             ids: start.ids,
             dedupe: start.dedupe,
-            buf: Vec::with_capacity(shared.cfg.max_batch_bytes + record::OVERHEAD),
+            buf: Vec::with_capacity(shared.cfg.max_batch_bytes + record::SEALED_OVERHEAD),
             batch_ts: None,
             shared: shared.clone(),
         };
@@ -245,7 +245,7 @@ impl Writer {
                     });
                     continue;
                 }
-                let size = record::encoded_len(rec.payload.len()) as u64;
+                let size = self.shared.record_len(rec.payload.len()) as u64;
                 let used = self.len + self.buf.len() as u64;
                 if used > 0 && used + size > cfg.segment_bytes {
                     self.flush()?;
@@ -264,7 +264,18 @@ impl Writer {
                     });
                     self.last_indexed = Some(pos);
                 }
-                record::encode(&mut self.buf, offset, now, hash, &rec.payload);
+                match &self.shared.keys {
+                    Some(keys) => {
+                        // Only the OS random source can fail here: no
+                        // record is written without a fresh nonce.
+                        record::encode_sealed(&mut self.buf, offset, now, hash, &rec.payload, keys)
+                            .map_err(|e| LogError::Io {
+                                path: self.active.path().to_path_buf(),
+                                source: std::io::Error::other(e.to_string()),
+                            })?;
+                    }
+                    None => record::encode(&mut self.buf, offset, now, hash, &rec.payload),
+                }
                 if hash != 0 {
                     let e = IdEntry {
                         hash,

@@ -129,3 +129,8 @@ pub fn assert_corrupt<T: std::fmt::Debug>(
 }
 
 pub const SHORT: Duration = Duration::from_millis(50);
+
+/// A key file line `<id> <64 hex chars>` whose key is `byte` repeated.
+pub fn key_line(id: u32, byte: u8) -> String {
+    format!("{id} {}\n", format!("{byte:02x}").repeat(32))
+}

@@ -141,6 +141,12 @@ pub struct StorageConfig {
     /// How often retention runs.
     #[serde(deserialize_with = "rc::duration")]
     pub retention_check_interval: Duration,
+    /// Encryption at rest of the events in the log: a file of
+    /// `<key-id> <64 hex chars>` lines, the last one encrypting new
+    /// records. A path and never the key itself, so the key stays out of
+    /// config files, the environment's listing and command lines; `""` or
+    /// absent stores events in plaintext.
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -299,6 +305,7 @@ impl Default for StorageConfig {
             dedupe_window: l.dedupe_window,
             dedupe_max_ids: l.dedupe_max_ids,
             retention_check_interval: Duration::from_secs(60),
+            encryption_key_file: None,
         }
     }
 }
@@ -493,6 +500,10 @@ impl BrokerConfig {
             dedupe_window: s.dedupe_window,
             dedupe_max_ids: s.dedupe_max_ids,
             max_batch_bytes: (4 << 20).max(self.limits.max_event_bytes),
+            encryption_key_file: s
+                .encryption_key_file
+                .clone()
+                .filter(|p| !p.as_os_str().is_empty()),
             ..LogConfig::default()
         }
     }

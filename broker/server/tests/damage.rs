@@ -10,6 +10,10 @@
 //! byte written through another file descriptor is what its next read
 //! sees. Nothing has read the topic before the flip.
 //!
+//! With encryption at rest on, the same holds: the checksum over the
+//! stored (encrypted) bytes finds the flip, and the error names the same
+//! file, byte and offset (tests marked `encrypted`).
+//!
 //! Two readers: an ephemeral tail, and a consumer group of two members.
 //! Each gets every intact event before the damage exactly once, nothing at
 //! or after it, and a DATA_LOSS naming file, byte and offset once; the
@@ -61,6 +65,8 @@ struct Damaged {
     position: u64,
     // Dropped last: the broker must stop before its directory goes away.
     _dir: tempfile::TempDir,
+    /// The key file's directory when encrypted (outside the data dir).
+    _keys: Option<tempfile::TempDir>,
 }
 
 fn segments(dir: &Path) -> Vec<PathBuf> {
@@ -90,12 +96,23 @@ fn records(path: &Path) -> Vec<(u64, u64, usize)> {
     out
 }
 
-/// A broker whose topic holds `N` events, one of them damaged at `place`.
-async fn damaged(place: Place) -> Damaged {
+/// A broker whose topic holds `N` events, one of them damaged at `place`;
+/// encrypted at rest if `encrypted`.
+async fn damaged(place: Place, encrypted: bool) -> Damaged {
     let dir = tempfile::tempdir().unwrap();
     let metrics = SocketAddr::from(([127, 0, 0, 1], common::unused_port()));
     let listen = metrics.to_string();
-    let env = [
+    let keys = encrypted.then(|| tempfile::tempdir().unwrap());
+    let key_file = keys.as_ref().map(|k| {
+        let p = k.path().join("keys");
+        std::fs::write(&p, format!("1 {}\n", "5a".repeat(32))).unwrap();
+        p.display().to_string()
+    });
+    let mut env = vec![
+        (
+            "BROKER__STORAGE__ENCRYPTION_KEY_FILE",
+            key_file.as_deref().unwrap_or(""),
+        ),
         ("BROKER__METRICS_LISTEN", listen.as_str()),
         ("BROKER__LOG_FORMAT", "json"),
         // Several segments for 3,000 small events.
@@ -105,6 +122,7 @@ async fn damaged(place: Place) -> Damaged {
         ("BROKER__DELIVERY__ACK_DEADLINE_MS", "60000"),
         ("BROKER__DELIVERY__LAG_REPORT_INTERVAL_MS", "100"),
     ];
+    env.retain(|(_, v)| !v.is_empty());
     let log = dir.path().join("broker.log");
     let broker = BrokerProcess::spawn_logging_to(dir.path(), &env, &log);
     let mut c = connect(broker.addr).await.unwrap();
@@ -158,6 +176,7 @@ async fn damaged(place: Place) -> Damaged {
         file,
         position,
         _dir: dir,
+        _keys: keys,
     }
 }
 
@@ -205,8 +224,8 @@ fn tail_open(start: Position) -> pb::SubscribeRequest {
 
 // ------------------------------------------------------------------ tail
 
-async fn a_tail_gets_every_intact_event_then_data_loss(place: Place) {
-    let mut d = damaged(place).await;
+async fn a_tail_gets_every_intact_event_then_data_loss(place: Place, encrypted: bool) {
+    let mut d = damaged(place, encrypted).await;
     let damaged_at = d.offset;
     let mut sub = Sub::open_with(&mut d.c, tail_open(Position::Earliest(pb::Empty {}))).await;
     let deadline = Instant::now() + WAIT;
@@ -250,12 +269,12 @@ async fn a_tail_gets_every_intact_event_then_data_loss(place: Place) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_segment_damage_a_tail_gets_every_intact_event_then_data_loss() {
-    a_tail_gets_every_intact_event_then_data_loss(Place::Sealed).await;
+    a_tail_gets_every_intact_event_then_data_loss(Place::Sealed, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_segment_damage_a_tail_gets_every_intact_event_then_data_loss() {
-    a_tail_gets_every_intact_event_then_data_loss(Place::Active).await;
+    a_tail_gets_every_intact_event_then_data_loss(Place::Active, false).await;
 }
 
 // ------------------------------------------------------------------ group
@@ -348,8 +367,8 @@ async fn seek(c: &mut Client, to: u64, dry_run: bool) -> pb::SeekGroupResponse {
     .into_inner()
 }
 
-async fn a_group_stops_at_the_damage_until_seeked_past(place: Place) {
-    let mut d = damaged(place).await;
+async fn a_group_stops_at_the_damage_until_seeked_past(place: Place, encrypted: bool) {
+    let mut d = damaged(place, encrypted).await;
     let damaged_at = d.offset;
     let mut subs = vec![
         Sub::open(&mut d.c, TOPIC, GROUP, 100).await,
@@ -494,10 +513,20 @@ async fn a_group_stops_at_the_damage_until_seeked_past(place: Place) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_segment_damage_a_group_stops_there_until_seeked_past() {
-    a_group_stops_at_the_damage_until_seeked_past(Place::Sealed).await;
+    a_group_stops_at_the_damage_until_seeked_past(Place::Sealed, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_segment_damage_a_group_stops_there_until_seeked_past() {
-    a_group_stops_at_the_damage_until_seeked_past(Place::Active).await;
+    a_group_stops_at_the_damage_until_seeked_past(Place::Active, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_sealed_segment_damage_a_tail_gets_every_intact_event_then_data_loss() {
+    a_tail_gets_every_intact_event_then_data_loss(Place::Sealed, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_active_segment_damage_a_group_stops_there_until_seeked_past() {
+    a_group_stops_at_the_damage_until_seeked_past(Place::Active, true).await;
 }

@@ -47,6 +47,11 @@ struct Cli {
     /// Size of the small recovery log, in MiB [default: 64; --quick: 16].
     #[arg(long, value_name = "N", value_parser = positive::<u64>)]
     small_mib: Option<u64>,
+    /// Encryption at rest in the throughput scenarios: off, on (a key file
+    /// with one XChaCha20-Poly1305 key), or both, each scenario run plain
+    /// and then encrypted back to back in every round, for a side-by-side.
+    #[arg(long, value_enum, default_value_t = EncryptionChoice::Off)]
+    encryption: EncryptionChoice,
     /// Skip the append throughput scenarios.
     #[arg(long)]
     no_throughput: bool,
@@ -60,6 +65,14 @@ struct Cli {
 enum FsyncChoice {
     Always,
     Interval,
+    Both,
+}
+
+/// The values of `--encryption`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum EncryptionChoice {
+    Off,
+    On,
     Both,
 }
 
@@ -80,6 +93,9 @@ pub struct Args {
     pub appenders: Vec<usize>,
     /// fsync policies of the throughput scenarios.
     pub fsync: Vec<FsyncPolicy>,
+    /// Whether each throughput scenario runs plain (`false`), encrypted
+    /// (`true`), or both, in this order.
+    pub encryption: Vec<bool>,
     /// Length of the raw disk probe at the start of each round.
     pub probe_seconds: f64,
     /// Size of the large recovery log.
@@ -126,6 +142,11 @@ impl Cli {
                 FsyncChoice::Interval => vec![INTERVAL],
                 FsyncChoice::Both => vec![FsyncPolicy::Always, INTERVAL],
             },
+            encryption: match self.encryption {
+                EncryptionChoice::Off => vec![false],
+                EncryptionChoice::On => vec![true],
+                EncryptionChoice::Both => vec![false, true],
+            },
             probe_seconds: pick(0.2, 1.0),
             recovery_mib: self.recovery_mib.unwrap_or(if q { 128 } else { 1024 }),
             small_mib: self.small_mib.unwrap_or(if q { 16 } else { 64 }),
@@ -154,6 +175,7 @@ mod tests {
         assert_eq!((full.recovery_mib, full.small_mib), (1024, 64));
         assert_eq!(full.appenders, [1, 16, 256]);
         assert_eq!(full.fsync, [FsyncPolicy::Always, INTERVAL]);
+        assert_eq!(full.encryption, [false]);
         assert!(full.throughput && full.recovery && !full.quick);
         assert_eq!(full.dir, std::env::temp_dir());
 
@@ -200,6 +222,11 @@ mod tests {
             [FsyncPolicy::Always]
         );
         assert_eq!(parse(&["--fsync", "both"]).unwrap().fsync.len(), 2);
+        assert_eq!(parse(&["--encryption", "on"]).unwrap().encryption, [true]);
+        assert_eq!(
+            parse(&["--encryption", "both"]).unwrap().encryption,
+            [false, true]
+        );
     }
 
     /// As with the old hand-written parser: a repeated flag is no error,

@@ -3,8 +3,8 @@
 //! ```text
 //! cargo run --release -p mesh-bench --bin log-bench -- [--quick] [--dir PATH]
 //!     [--seconds N] [--records N] [--rounds N] [--appenders 1,16,256]
-//!     [--fsync always|interval|both] [--recovery-mib N] [--small-mib N]
-//!     [--no-throughput] [--no-recovery]
+//!     [--fsync always|interval|both] [--encryption off|on|both]
+//!     [--recovery-mib N] [--small-mib N] [--no-throughput] [--no-recovery]
 //! ```
 //!
 //! Throughput (`throughput.rs`): N appenders (tokio tasks on a multi-thread
@@ -16,6 +16,13 @@
 //! `--rounds` times, because the disk of the benchmark machine alternates
 //! between a fast and a throttled state: comparisons are made within a
 //! round.
+//!
+//! `--encryption on|both` runs the throughput scenarios with encryption at
+//! rest (a key file with one key, written next to the run directories and
+//! removed afterwards); with `both` every scenario runs plain and then
+//! encrypted back to back in each round, and the report gives the ratio
+//! per round. Recovery always runs plain: it never decrypts (the checksum
+//! covers the stored bytes), so only the 44 bytes more per record differ.
 //!
 //! fdatasyncs under `fsync = always` are counted without touching the
 //! library: the syncer publishes the head once per fdatasync, so the number
@@ -37,7 +44,12 @@ mod args;
 mod recovery;
 mod throughput;
 
-use std::{fmt::Write as _, sync::Arc, time::Duration};
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use mesh_bench::PAYLOAD;
 use mesh_log::{FsyncPolicy, LogConfig, record};
@@ -46,11 +58,38 @@ use crate::args::Args;
 
 const INTERVAL: FsyncPolicy = FsyncPolicy::Interval(Duration::from_millis(100));
 
-fn config(fsync: FsyncPolicy) -> Arc<LogConfig> {
+fn config(fsync: FsyncPolicy, key_file: Option<&Path>) -> Arc<LogConfig> {
     Arc::new(LogConfig {
         fsync,
+        encryption_key_file: key_file.map(Path::to_path_buf),
         ..LogConfig::default()
     })
+}
+
+/// The key file of the encrypted runs: one fixed key (a benchmark protects
+/// nothing), removed when dropped.
+pub struct BenchKeys(PathBuf);
+
+impl BenchKeys {
+    pub fn new(base: &Path) -> Result<Self, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = base.join(format!("log-bench-{}.keys", std::process::id()));
+        let line = format!("1 {}\n", "b7".repeat(32));
+        std::fs::write(&path, line).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(BenchKeys(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for BenchKeys {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// How the report names a policy.
@@ -78,11 +117,12 @@ fn run(args: &Args) -> Result<(), String> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "log-bench{}: 1 KiB payloads ({} B on disk per record), default LogConfig \
+        "log-bench{}: 1 KiB payloads ({} B on disk per record, {} B encrypted), default LogConfig \
          (64 MiB segments, 4 MiB max batch, queue depth 4096), tokio multi-thread \
          runtime with {workers} workers, dir {}\n",
         if args.quick { " --quick" } else { "" },
         record::encoded_len(PAYLOAD),
+        record::sealed_len(PAYLOAD),
         args.dir.display()
     );
     if args.throughput {
@@ -108,7 +148,12 @@ mod tests {
             .build()
             .unwrap();
         let base = std::env::temp_dir();
-        for policy in [FsyncPolicy::Always, INTERVAL] {
+        let keys = BenchKeys::new(&base).unwrap();
+        for (policy, key) in [
+            (FsyncPolicy::Always, None),
+            (INTERVAL, None),
+            (FsyncPolicy::Always, Some(keys.path())),
+        ] {
             let r = rt
                 .block_on(throughput::throughput_run(
                     &base,
@@ -116,6 +161,7 @@ mod tests {
                     8,
                     200,
                     Duration::from_secs(10),
+                    key,
                 ))
                 .unwrap();
             assert_eq!(r.records, 200);

@@ -151,7 +151,7 @@ pub fn recovery_run(
     limit: Duration,
 ) -> Result<(Vec<Recovery>, f64), String> {
     let dir = RunDir::new(base, &format!("rec{mib}")).map_err(|e| e.to_string())?;
-    let cfg = config(INTERVAL);
+    let cfg = config(INTERVAL, None);
     let enc = record::encoded_len(PAYLOAD) as u64;
     let per_segment = cfg.segment_bytes / enc;
     let mut want = (mib << 20) / enc;

@@ -20,7 +20,7 @@ use mesh_bench::{
     stats::{Percentiles, fmt_list, histogram, median},
 };
 
-use crate::{INTERVAL, args::Args, config, policy_name};
+use crate::{BenchKeys, INTERVAL, args::Args, config, policy_name};
 
 #[derive(Clone, Debug)]
 pub struct RunResult {
@@ -46,18 +46,25 @@ impl RunResult {
 }
 
 /// `appenders` tasks, one record per `append` call, until `max_records`
-/// records were issued or `limit` has passed.
+/// records were issued or `limit` has passed; encrypted at rest with the
+/// key file `key_file` if given.
 pub async fn throughput_run(
     base: &Path,
     fsync: FsyncPolicy,
     appenders: usize,
     max_records: u64,
     limit: Duration,
+    key_file: Option<&Path>,
 ) -> Result<RunResult, String> {
     let dir = RunDir::new(base, &format!("tp{appenders}")).map_err(|e| e.to_string())?;
     let log = Arc::new(
-        TopicLog::create(TOPIC, &dir.topic(), config(fsync), TopicConfig::default())
-            .map_err(|e| e.to_string())?,
+        TopicLog::create(
+            TOPIC,
+            &dir.topic(),
+            config(fsync, key_file),
+            TopicConfig::default(),
+        )
+        .map_err(|e| e.to_string())?,
     );
     let payload = payload();
     let issued = Arc::new(AtomicU64::new(0));
@@ -116,11 +123,23 @@ pub async fn throughput_run(
 /// after a raw disk probe; appends the section to `out`.
 pub fn section(rt: &Runtime, args: &Args, out: &mut String) -> Result<(), String> {
     let limit = Duration::from_secs_f64(args.seconds);
-    let scenarios: Vec<(FsyncPolicy, usize)> = args
+    // Plain and encrypted of one scenario run back to back (same disk
+    // state) when both are asked for.
+    let scenarios: Vec<(FsyncPolicy, usize, bool)> = args
         .fsync
         .iter()
-        .flat_map(|&p| args.appenders.iter().map(move |&n| (p, n)))
+        .flat_map(|&p| {
+            args.appenders
+                .iter()
+                .flat_map(move |&n| args.encryption.iter().map(move |&e| (p, n, e)))
+        })
         .collect();
+    let keys = if args.encryption.contains(&true) {
+        Some(BenchKeys::new(&args.dir)?)
+    } else {
+        None
+    };
+    let key_file = |enc: bool| keys.as_ref().filter(|_| enc).map(BenchKeys::path);
     // results[scenario][round]
     let mut results: Vec<Vec<RunResult>> = vec![Vec::new(); scenarios.len()];
     let mut probes = Vec::new();
@@ -134,11 +153,18 @@ pub fn section(rt: &Runtime, args: &Args, out: &mut String) -> Result<(), String
             probe.1
         );
         probes.push(probe);
-        for (i, &(policy, n)) in scenarios.iter().enumerate() {
-            let r = rt.block_on(throughput_run(&args.dir, policy, n, args.records, limit))?;
+        for (i, &(policy, n, enc)) in scenarios.iter().enumerate() {
+            let r = rt.block_on(throughput_run(
+                &args.dir,
+                policy,
+                n,
+                args.records,
+                limit,
+                key_file(enc),
+            ))?;
             let l = r.latency_us;
             eprintln!(
-                "round {} fsync={} appenders={n}: {} records in {:.2?} = {:.0}/s, p50 {} us, p99 {} us, p99.9 {} us, max {} us, syncs {:?}, segments {}",
+                "round {} fsync={} appenders={n} encrypted={enc}: {} records in {:.2?} = {:.0}/s, p50 {} us, p99 {} us, p99.9 {} us, max {} us, syncs {:?}, segments {}",
                 round + 1,
                 policy_name(policy),
                 r.records,
@@ -163,15 +189,15 @@ pub fn section(rt: &Runtime, args: &Args, out: &mut String) -> Result<(), String
     );
     let _ = writeln!(
         out,
-        "| fsync | appenders | records/s (median) | MB/s payload | per round, records/s | p50 / p99 latency (us) | fdatasyncs/s | records per fdatasync |"
+        "| fsync | appenders | encrypted | records/s (median) | MB/s payload | per round, records/s | p50 / p99 latency (us) | fdatasyncs/s | records per fdatasync |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---|---:|---:|---|---:|---:|---:|");
     let med = |rs: &[RunResult]| -> RunResult {
         let mut v = rs.to_vec();
         v.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
         v[v.len() / 2].clone()
     };
-    for (i, &(policy, n)) in scenarios.iter().enumerate() {
+    for (i, &(policy, n, enc)) in scenarios.iter().enumerate() {
         let m = med(&results[i]);
         let rounds: Vec<f64> = results[i].iter().map(RunResult::rate).collect();
         let (syncs_s, per_sync) = match m.syncs {
@@ -183,8 +209,9 @@ pub fn section(rt: &Runtime, args: &Args, out: &mut String) -> Result<(), String
         };
         let _ = writeln!(
             out,
-            "| {} | {n} | {:.0} | {:.1} | {} | {} / {} | {syncs_s} | {per_sync} |",
+            "| {} | {n} | {} | {:.0} | {:.1} | {} | {} / {} | {syncs_s} | {per_sync} |",
             policy_name(policy),
+            if enc { "yes" } else { "no" },
             m.rate(),
             m.mb_s(),
             fmt_list(&rounds, 0),
@@ -200,7 +227,9 @@ pub fn section(rt: &Runtime, args: &Args, out: &mut String) -> Result<(), String
         fmt_list(&probes.iter().map(|p| p.1).collect::<Vec<_>>(), 0)
     );
     let _ = writeln!(out, "Ratios within each round (same disk state):\n");
-    let idx = |p: FsyncPolicy, n: usize| scenarios.iter().position(|&s| s == (p, n));
+    // The plain runs when there are any, else the encrypted ones.
+    let base_enc = !args.encryption.contains(&false);
+    let idx = |p: FsyncPolicy, n: usize| scenarios.iter().position(|&s| s == (p, n, base_enc));
     let ratio = |a: Option<usize>, b: Option<usize>| -> Option<String> {
         let (a, b) = (a?, b?);
         let v: Vec<f64> = results[a]
@@ -232,6 +261,21 @@ pub fn section(rt: &Runtime, args: &Args, out: &mut String) -> Result<(), String
     ] {
         if let Some(r) = r {
             let _ = writeln!(out, "- {text}: {r}");
+        }
+    }
+    if args.encryption.len() == 2 {
+        for &(p, n, enc) in &scenarios {
+            if enc {
+                let plain = scenarios.iter().position(|&s| s == (p, n, false));
+                let sealed = scenarios.iter().position(|&s| s == (p, n, true));
+                if let Some(r) = ratio(sealed, plain) {
+                    let _ = writeln!(
+                        out,
+                        "- encrypted vs plain, {}, {n} appenders: {r}",
+                        policy_name(p)
+                    );
+                }
+            }
         }
     }
     if let Some(a256) = idx(al, 256) {

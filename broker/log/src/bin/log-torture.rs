@@ -3,8 +3,9 @@
 //! its append is acknowledged. The crash test SIGKILLs it at random
 //! moments and checks the log against what was printed.
 //!
-//! Usage: `log-torture <data-dir> <first-seq>`. Bounded: stops after
-//! 200 000 records or 60 seconds.
+//! Usage: `log-torture <data-dir> <first-seq> [<key-file>]`; with a key
+//! file the records are encrypted at rest. Bounded: stops after 200 000
+//! records or 60 seconds.
 
 use std::{
     io::Write,
@@ -33,6 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let first: u64 = args.next().ok_or("missing <first-seq>")?.parse()?;
     let cfg = Arc::new(LogConfig {
         segment_bytes: 256 << 10,
+        encryption_key_file: args.next().map(PathBuf::from),
         ..LogConfig::default()
     });
     let topic_dir = dir.join("t");
