@@ -459,7 +459,13 @@ async fn no_token_or_key_reaches_the_log_even_at_debug_level() {
     let data = tempfile::tempdir().unwrap();
     let log = data.path().join("broker.log");
     let p = |f: &str| pki.path(f).display().to_string();
-    let (ca, cert, key, tokens, acl) = (p("ca.crt"), p("broker.crt"), p("broker.key"), p("tokens"), secure::demo_acl().display().to_string());
+    let (ca, cert, key, tokens, acl) = (
+        p("ca.crt"),
+        p("broker.crt"),
+        p("broker.key"),
+        p("tokens"),
+        secure::demo_acl().display().to_string(),
+    );
     std::fs::create_dir(data.path().join("data")).unwrap();
     let b = common::BrokerProcess::spawn_logging_to(
         &data.path().join("data"),
@@ -490,13 +496,17 @@ async fn no_token_or_key_reaches_the_log_even_at_debug_level() {
                 topic: topic.into(),
                 events: vec![event("secret-test", "k", "x")],
             });
-            r.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
             let _ = c.publish_unary(r).await;
         }
     }
     b.sigterm();
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("DEBUG") || text.contains("debug"), "the log is at debug level: {text}");
+    assert!(
+        text.contains("DEBUG") || text.contains("debug"),
+        "the log is at debug level: {text}"
+    );
     for secret in [token.as_str(), wrong.as_str()] {
         assert!(!text.contains(secret), "a token reached the log");
     }

@@ -11,9 +11,9 @@ pub mod tokens;
 
 use std::sync::Arc;
 
-use serde::Deserialize;
 use tonic::metadata::MetadataMap;
 
+pub use crate::config::AuthMode;
 pub use acl::{Acl, Verb};
 pub use tokens::Tokens;
 
@@ -21,35 +21,6 @@ use crate::{
     config::{BrokerConfig, ConfigError},
     error::BrokerError,
 };
-
-/// How clients prove who they are (the `auth` key). There is no default:
-/// a broker without it refuses to start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub enum AuthMode {
-    /// By a client certificate signed by `tls.ca`; the principal is its
-    /// subject's common name (or first DNS name).
-    Mtls,
-    /// By `authorization: Bearer <token>` over TLS; the principal is the
-    /// token's name in `token_file`.
-    Token,
-    /// Nobody is asked; every call is allowed. Only on purpose: logged at
-    /// start and reported by the `mesh_broker_auth_disabled` gauge.
-    None,
-}
-
-impl TryFrom<String> for AuthMode {
-    type Error = String;
-
-    fn try_from(s: String) -> Result<Self, String> {
-        match s.as_str() {
-            "mtls" => Ok(AuthMode::Mtls),
-            "token" => Ok(AuthMode::Token),
-            "none" => Ok(AuthMode::None),
-            _ => Err(format!("{s:?} is not \"mtls\", \"token\" or \"none\"")),
-        }
-    }
-}
 
 /// The authenticated caller of one RPC (or one stream).
 #[derive(Clone, Debug)]

@@ -21,18 +21,18 @@ use std::{
 };
 
 use mesh_proto::broker::v1::{
-    self as pb, SubscribeRequest, SubscribeResponse, start_position::Position,
-    subscribe_request::Request, subscribe_response::Response,
+    self as pb, SubscribeRequest, SubscribeResponse, subscribe_request::Request,
+    subscribe_response::Response,
 };
 use tokio::{sync::mpsc, time::Instant};
 use tonic::{Status, Streaming};
 
 use crate::{
     auth::{Caller, Verb},
-    convert, dlq,
+    convert,
     error::{BrokerError, Result},
     group::{
-        Cmd, GroupHandle, JoinRequest, LogTopic, Outbound, ReadError, Start, TopicStore, member_id,
+        Cmd, GroupHandle, JoinRequest, LogTopic, Outbound, ReadError, TopicStore, member_id,
         resolve_start,
     },
     limits::StreamSlot,
@@ -42,78 +42,14 @@ use crate::{
 
 pub type SubscribeStream = OutboxStream;
 
-const DEFAULT_CREDIT: u32 = 100;
+mod open;
+
+pub use open::parse_start;
+use open::{Opened, validate_open};
 static TAILS: AtomicU64 = AtomicU64::new(1);
 
 fn msg(r: Response) -> Result<SubscribeResponse, Status> {
     Ok(SubscribeResponse { response: Some(r) })
-}
-
-pub fn parse_start(p: Option<&pb::StartPosition>, field: &str) -> Result<Start> {
-    Ok(match p.and_then(|p| p.position.as_ref()) {
-        None | Some(Position::Earliest(_)) => Start::Earliest,
-        Some(Position::Latest(_)) => Start::Latest,
-        Some(Position::Offset(o)) => Start::Offset(*o),
-        Some(Position::Time(t)) => {
-            if t.nanos < 0 || t.nanos >= 1_000_000_000 {
-                return Err(BrokerError::invalid(
-                    format!("{field}.time"),
-                    "nanos must be in 0..1e9",
-                ));
-            }
-            Start::TimeUs(convert::micros(t))
-        }
-    })
-}
-
-struct Opened {
-    topic: String,
-    group: String,
-    credit: u32,
-    auto_ack: bool,
-    start: Start,
-    name: String,
-}
-
-fn validate_open(broker: &Shared, open: pb::Open) -> Result<Opened> {
-    mesh_log::names::validate("topic", &open.topic)
-        .map_err(|e| BrokerError::invalid("open.topic", e.to_string()))?;
-    if open.group.is_empty() {
-        if !open.auto_ack {
-            return Err(BrokerError::invalid(
-                "open.group",
-                "required unless auto_ack is set",
-            ));
-        }
-    } else {
-        mesh_log::names::validate("group", &open.group)
-            .map_err(|e| BrokerError::invalid("open.group", e.to_string()))?;
-        if dlq::topic_name(&open.topic, &open.group).len() > mesh_log::names::MAX_NAME_LEN {
-            return Err(BrokerError::invalid(
-                "open.group",
-                "topic and group names together are too long for the dead-letter topic name",
-            ));
-        }
-    }
-    let cap = broker.cfg.limits.max_credit;
-    let credit = match open.max_in_flight {
-        0 => DEFAULT_CREDIT.min(cap),
-        n if n > cap => {
-            return Err(BrokerError::invalid(
-                "open.max_in_flight",
-                format!("{n} exceeds limits.max_credit = {cap}"),
-            ));
-        }
-        n => n,
-    };
-    Ok(Opened {
-        start: parse_start(open.start.as_ref(), "open.start")?,
-        topic: open.topic,
-        group: open.group,
-        credit,
-        auto_ack: open.auto_ack,
-        name: open.member_name,
-    })
 }
 
 pub async fn subscribe(

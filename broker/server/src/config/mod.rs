@@ -15,7 +15,9 @@ use mesh_runtime::{
 pub const BROKER_CLIENT_AUTH: ClientAuth = ClientAuth::Optional;
 use serde::Deserialize;
 
-use crate::auth::AuthMode;
+mod limits;
+
+pub use limits::LimitsConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -36,6 +38,35 @@ fn invalid<T>(key: &'static str, reason: impl Into<String>) -> Result<T, ConfigE
         key,
         reason: reason.into(),
     })
+}
+
+/// How clients prove who they are (the `auth` key). There is no default:
+/// a broker without it refuses to start (`auth::Auth::from_config`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum AuthMode {
+    /// By a client certificate signed by `tls.ca`; the principal is its
+    /// subject's common name (or first DNS name).
+    Mtls,
+    /// By `authorization: Bearer <token>` over TLS; the principal is the
+    /// token's name in `token_file`.
+    Token,
+    /// Nobody is asked; every call is allowed. Only on purpose: logged at
+    /// start and reported by the `mesh_broker_auth_disabled` gauge.
+    None,
+}
+
+impl TryFrom<String> for AuthMode {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "mtls" => Ok(AuthMode::Mtls),
+            "token" => Ok(AuthMode::Token),
+            "none" => Ok(AuthMode::None),
+            _ => Err(format!("{s:?} is not \"mtls\", \"token\" or \"none\"")),
+        }
+    }
 }
 
 /// How appends reach the disk before they are acknowledged.
@@ -146,70 +177,8 @@ pub struct StorageConfig {
     /// records. A path and never the key itself, so the key stays out of
     /// config files, the environment's listing and command lines; `""` or
     /// absent stores events in plaintext.
+    #[serde(deserialize_with = "opt_path")]
     pub encryption_key_file: Option<PathBuf>,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// Largest encoded event accepted.
-    #[serde(deserialize_with = "rc::size")]
-    pub max_event_bytes: usize,
-    /// Most events in one publish request.
-    pub max_batch_events: usize,
-    /// Largest gRPC message, in either direction.
-    #[serde(deserialize_with = "rc::size")]
-    pub max_message_bytes: usize,
-    /// Publish requests one stream may have in flight.
-    pub max_publish_in_flight: usize,
-    /// Open Subscribe streams.
-    pub max_subscribers: usize,
-    /// Open Publish streams.
-    pub max_publishers: usize,
-    /// The largest `max_in_flight` (credit) a subscriber may ask for.
-    pub max_credit: u32,
-    /// Events a group holds in memory ahead of its acks.
-    pub group_window: usize,
-    /// Payload bytes a group holds in memory ahead of its acks: with
-    /// `group_window`, whichever is reached first stops the read-ahead, so
-    /// large events cannot multiply a window counted in events.
-    #[serde(deserialize_with = "rc::size")]
-    pub group_window_bytes: usize,
-    /// Bytes of responses one Subscribe stream may have queued in the broker
-    /// while its client does not read; past that its session pauses.
-    #[serde(deserialize_with = "rc::size")]
-    pub subscriber_buffer_bytes: usize,
-    /// Bytes of responses queued for all subscribers together. Past it the
-    /// slow streams stay paused and new subscriptions get
-    /// RESOURCE_EXHAUSTED, so readers that stall cannot exhaust memory.
-    #[serde(deserialize_with = "rc::size")]
-    pub max_buffered_bytes: usize,
-    /// Publish and Subscribe streams one client connection may hold open;
-    /// a client that opens more gets RESOURCE_EXHAUSTED.
-    pub max_streams_per_connection: usize,
-    /// HTTP/2 streams (calls of any kind) one connection may have at once;
-    /// past it the client's further calls wait for one to end.
-    pub max_concurrent_requests_per_connection: u32,
-    /// Members one consumer group may have connected at once.
-    pub max_group_members: usize,
-    /// Events per second one principal may publish (0: no limit); past
-    /// it, requests get RESOURCE_EXHAUSTED and nothing of them is written.
-    pub publish_rate_per_principal: u32,
-    /// Events a principal may publish at once above its rate (0: one
-    /// second's worth).
-    pub publish_burst: u32,
-    /// Largest HTTP/2 header list (metadata) of a request.
-    #[serde(deserialize_with = "rc::size")]
-    pub max_header_bytes: u32,
-    /// A connection whose HTTP/2 keepalive ping (sent every
-    /// `delivery.heartbeat_interval`) is not answered within this is
-    /// closed.
-    #[serde(deserialize_with = "rc::duration")]
-    pub keepalive_timeout: Duration,
-    /// A TLS handshake not finished within this is dropped, so that
-    /// connections that never speak cannot pile up.
-    #[serde(deserialize_with = "rc::duration")]
-    pub tls_handshake_timeout: Duration,
 }
 
 /// The keys are durations (`ack_deadline = "30s"`; the old `*_ms` keys
@@ -310,32 +279,6 @@ impl Default for StorageConfig {
     }
 }
 
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            max_event_bytes: 1 << 20,
-            max_batch_events: 1000,
-            max_message_bytes: 16 << 20,
-            max_publish_in_flight: 1024,
-            max_subscribers: 1024,
-            max_publishers: 1024,
-            max_credit: 10_000,
-            group_window: 20_000,
-            group_window_bytes: 64 << 20,
-            subscriber_buffer_bytes: 1 << 20,
-            max_buffered_bytes: 256 << 20,
-            max_streams_per_connection: 64,
-            max_concurrent_requests_per_connection: 256,
-            max_group_members: 256,
-            publish_rate_per_principal: 0,
-            publish_burst: 0,
-            max_header_bytes: 16 << 10,
-            keepalive_timeout: Duration::from_secs(20),
-            tls_handshake_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
 impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
@@ -413,70 +356,7 @@ impl BrokerConfig {
                 "must be longer than delivery.heartbeat_interval",
             );
         }
-        let l = &self.limits;
-        for (key, v) in [
-            ("limits.max_event_bytes", l.max_event_bytes),
-            ("limits.max_batch_events", l.max_batch_events),
-            ("limits.max_publish_in_flight", l.max_publish_in_flight),
-            ("limits.max_subscribers", l.max_subscribers),
-            ("limits.max_publishers", l.max_publishers),
-            ("limits.max_credit", l.max_credit as usize),
-            ("limits.subscriber_buffer_bytes", l.subscriber_buffer_bytes),
-            (
-                "limits.max_streams_per_connection",
-                l.max_streams_per_connection,
-            ),
-            (
-                "limits.max_concurrent_requests_per_connection",
-                l.max_concurrent_requests_per_connection as usize,
-            ),
-            ("limits.max_group_members", l.max_group_members),
-            ("limits.max_header_bytes", l.max_header_bytes as usize),
-        ] {
-            if v == 0 {
-                return invalid(key, "must be greater than 0");
-            }
-        }
-        if l.max_message_bytes < l.max_event_bytes + 1024 {
-            return invalid(
-                "limits.max_message_bytes",
-                "must exceed limits.max_event_bytes by at least 1024",
-            );
-        }
-        if (l.max_concurrent_requests_per_connection as usize) <= l.max_streams_per_connection {
-            return invalid(
-                "limits.max_concurrent_requests_per_connection",
-                "must be greater than limits.max_streams_per_connection, so that unary calls still get through",
-            );
-        }
-        if l.keepalive_timeout.is_zero() || l.tls_handshake_timeout.is_zero() {
-            return invalid(
-                "limits.keepalive_timeout",
-                "limits.keepalive_timeout and limits.tls_handshake_timeout must be greater than 0",
-            );
-        }
-        if l.group_window < l.max_credit as usize {
-            return invalid("limits.group_window", "must be at least limits.max_credit");
-        }
-        if l.group_window_bytes < l.max_event_bytes {
-            return invalid(
-                "limits.group_window_bytes",
-                "must be at least limits.max_event_bytes",
-            );
-        }
-        // The outbox counts bytes with a semaphore, whose permits are u32.
-        if l.subscriber_buffer_bytes > u32::MAX as usize {
-            return invalid(
-                "limits.subscriber_buffer_bytes",
-                format!("must be at most {}", u32::MAX),
-            );
-        }
-        if l.max_buffered_bytes < l.subscriber_buffer_bytes {
-            return invalid(
-                "limits.max_buffered_bytes",
-                "must be at least limits.subscriber_buffer_bytes",
-            );
-        }
+        self.limits.validate()?;
         for (i, t) in self.topics.iter().enumerate() {
             if let Err(e) = mesh_log::names::validate("topic", &t.name) {
                 return invalid("topics", format!("entry {i}: {e}"));
