@@ -19,8 +19,13 @@ fn doc_commands() -> Vec<String> {
         .collect()
 }
 
-fn run(block: &str, addr: &str) -> (bool, String) {
-    let script = block.replace("localhost:50051", addr);
+/// Runs `block` against `addr`, with `-plaintext` replaced by `tls` when
+/// given (the flags of a client certificate).
+fn run_as(block: &str, addr: &str, tls: Option<&str>) -> (bool, String) {
+    let mut script = block.replace("localhost:50051", addr);
+    if let Some(flags) = tls {
+        script = script.replace("-plaintext", flags);
+    }
     let out = Command::new("bash")
         .arg("-c")
         .arg(&script)
@@ -35,6 +40,10 @@ fn run(block: &str, addr: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
+fn run(block: &str, addr: &str) -> (bool, String) {
+    run_as(block, addr, None)
+}
+
 #[test]
 fn the_api_docs_grpcurl_commands_work_as_written() {
     let (ok, version) = run("grpcurl -version", "");
@@ -42,10 +51,38 @@ fn the_api_docs_grpcurl_commands_work_as_written() {
         ok && version.contains("1.8.6"),
         "grpcurl -version: {version}"
     );
-
     let dir = tempfile::tempdir().unwrap();
     let b = BrokerProcess::spawn(dir.path(), &[]);
-    let addr = b.addr.to_string();
+    check_blocks(&b.addr.to_string(), None);
+    b.sigterm();
+}
+
+/// The same commands as `admin` against a broker with mutual TLS and the
+/// demo's policy, with `-plaintext` replaced as the doc says.
+#[test]
+fn the_api_docs_grpcurl_commands_work_with_mutual_tls_as_admin() {
+    let pki = tempfile::tempdir().unwrap();
+    mesh_certs::write_dev_pki(pki.path(), &mesh_certs::Options::default()).unwrap();
+    let f = |n: &str| pki.path().join(n).display().to_string();
+    let acl = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mesh/acl.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let b = BrokerProcess::spawn(
+        dir.path(),
+        &[
+            ("BROKER__AUTH", "mtls"),
+            ("BROKER__TLS__CA", &f("ca.crt")),
+            ("BROKER__TLS__CERT", &f("broker.crt")),
+            ("BROKER__TLS__KEY", &f("broker.key")),
+            ("BROKER__ACL_FILE", &acl.display().to_string()),
+        ],
+    );
+    let flags = format!("-cacert {} -cert {} -key {}", f("ca.crt"), f("admin.crt"), f("admin.key"));
+    // The certificate names localhost, not 127.0.0.1's reverse name.
+    check_blocks(&format!("localhost:{}", b.addr.port()), Some(&flags));
+    b.sigterm();
+}
+
+fn check_blocks(addr: &str, tls: Option<&str>) {
     let blocks = doc_commands();
     // The order of the doc: create, publish, tail, group+ack, describe,
     // dead letters, seek.
@@ -91,7 +128,7 @@ fn the_api_docs_grpcurl_commands_work_as_written() {
             block.contains(marker),
             "expected a {marker} block, got {block}"
         );
-        let (ok, out) = run(block, &addr);
+        let (ok, out) = run_as(block, addr, tls);
         // Streaming examples end by -max-time, which grpcurl reports as
         // DeadlineExceeded; everything else must exit 0.
         if !block.contains("-max-time") {
@@ -101,5 +138,4 @@ fn the_api_docs_grpcurl_commands_work_as_written() {
             assert!(out.contains(n), "output of\n{block}\nlacks {n}:\n{out}");
         }
     }
-    b.sigterm();
 }
