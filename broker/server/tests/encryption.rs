@@ -132,6 +132,7 @@ fn refused_start(data: &Path, key_file: Option<&Path>) -> String {
         .unwrap_or_default();
     let out = Command::new(env!("CARGO_BIN_EXE_broker"))
         .env("BROKER__LISTEN", "127.0.0.1:0")
+        .env("BROKER__AUTH", "none")
         .env("BROKER__METRICS_LISTEN", "")
         .env("BROKER__DATA_DIR", data)
         .env(KEY_ENV, key)

@@ -44,8 +44,7 @@ async fn streams_per_connection_are_limited_and_a_new_connection_still_works() {
     let p = c
         .publish(ReceiverStream::new(rx))
         .await
-        .err()
-        .expect("a publish stream past the limit");
+        .expect_err("a publish stream past the limit");
     assert_eq!(p.code(), Code::ResourceExhausted, "{p:?}");
     drop(tx);
     // Unary calls on the same connection still go through, and so does a
@@ -196,5 +195,62 @@ async fn oversized_metadata_and_messages_are_refused_and_the_broker_goes_on() {
     let mut other = e.b.client().await;
     common::publish(&mut other, "orders", vec![event("ok", "k", "x")]).await;
     common::publish(&mut c, "orders", vec![event("ok-2", "k", "x")]).await;
+    e.b.stop().await;
+}
+
+/// Reads from `s` until the peer closes the connection (EOF or a reset),
+/// within `bound`; whatever it sends is discarded. True if it closed.
+async fn closed_within(s: &mut tokio::net::TcpStream, bound: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let until = tokio::time::Instant::now() + bound;
+    loop {
+        match tokio::time::timeout_at(until, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_connection_that_never_finishes_its_tls_handshake_is_dropped() {
+    let pki = secure::Pki::new();
+    let b = secure::SecureBroker::start(&pki, |c| {
+        c.limits.tls_handshake_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut silent = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(20)).await,
+        "a connection that never spoke TLS was kept past limits.tls_handshake_timeout"
+    );
+    // Everyone else is served.
+    let mut admin = b.client(&pki, "admin").await;
+    admin.list_topics(pb::ListTopicsRequest {}).await.unwrap();
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_does_not_answer_keepalive_pings_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let e = common::env(|c| {
+        c.delivery.heartbeat_interval = Duration::from_millis(200);
+        c.delivery.idle_timeout = Duration::from_secs(60);
+        c.limits.keepalive_timeout = Duration::from_millis(300);
+    })
+    .await;
+    // A client that speaks HTTP/2 (preface, empty SETTINGS, and the ack of
+    // the server's SETTINGS) and then never answers a PING.
+    let mut mute = tokio::net::TcpStream::connect(e.b.addr).await.unwrap();
+    mute.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    mute.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    mute.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await.unwrap();
+    assert!(
+        closed_within(&mut mute, Duration::from_secs(20)).await,
+        "a connection that ignores keepalive pings was kept past limits.keepalive_timeout"
+    );
+    let mut c = e.c.clone();
+    c.list_topics(pb::ListTopicsRequest {}).await.unwrap();
     e.b.stop().await;
 }
