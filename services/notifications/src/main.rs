@@ -1,6 +1,8 @@
 //! Tells customers when their order ships: a complete consumer service.
 use mesh_proto::shipping::v1::ShipmentScheduled;
-use mesh_sdk::{BasicConfig, Consumer, Delivered, HandlerError, app, server};
+use mesh_sdk::{
+    BasicConfig, Consumer, Delivered, HandlerError, app, config::ServiceConfig, server,
+};
 
 /// Ok acks the event; Err nacks it and the broker redelivers it later.
 async fn handle(d: Delivered) -> Result<(), HandlerError> {
@@ -16,10 +18,13 @@ fn main() -> std::process::ExitCode {
         "NOTIFICATIONS",
         "notifications.toml",
         |cfg: BasicConfig, listener, shutdown| async move {
-            let consumer = Consumer::new(&cfg.broker, "shipments", "notifications")?;
+            // The broker link: TLS and token from the config's `[tls]`
+            // and `token_file`.
+            let consumer = Consumer::new(&cfg.broker()?, "shipments", "notifications")?;
             let api = server::serve(
                 Default::default(),
                 listener,
+                &cfg.tls,
                 shutdown.clone().cancelled_owned(),
             );
             let (consumed, served) = tokio::join!(consumer.run(handle, shutdown.clone()), api);
