@@ -1,8 +1,6 @@
 //! Tells customers when their order ships: a complete consumer service.
 use mesh_proto::shipping::v1::ShipmentScheduled;
-use mesh_sdk::{
-    BasicConfig, Consumer, Delivered, HandlerError, app, config::ServiceConfig, server,
-};
+use mesh_sdk::{BasicConfig, Consumer, Delivered, HandlerError, ServiceConfig, app, server};
 
 /// Ok acks the event; Err nacks it and the broker redelivers it later.
 async fn handle(d: Delivered) -> Result<(), HandlerError> {
@@ -18,8 +16,6 @@ fn main() -> std::process::ExitCode {
         "NOTIFICATIONS",
         "notifications.toml",
         |cfg: BasicConfig, listener, shutdown| async move {
-            // The broker link: TLS and token from the config's `[tls]`
-            // and `token_file`.
             let consumer = Consumer::new(&cfg.broker()?, "shipments", "notifications")?;
             let api = server::serve(
                 Default::default(),

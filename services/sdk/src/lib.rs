@@ -33,7 +33,7 @@ pub mod server;
 pub mod tail;
 mod topics;
 
-pub use config::BasicConfig;
+pub use config::{BasicConfig, ServiceConfig};
 pub use consumer::{Consumer, Start};
 pub use error::SdkError;
 pub use events::{Delivered, HandlerError, derive_id, envelope};
