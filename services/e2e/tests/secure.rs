@@ -299,3 +299,45 @@ async fn bearer_tokens_authenticate_services_and_a_wrong_token_is_refused() {
         assert!(!logs.contains(token.trim()), "{name} leaked:\n{logs}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_that_may_not_create_their_topics_wait_for_them() {
+    let mut m = Mesh::secure_without_broker();
+    // No [[topics]]: nothing exists until admin creates it.
+    std::fs::remove_file(m.dir.path().join("broker.toml")).unwrap();
+    m.start_broker();
+    m.start("billing");
+    m.start("shipping");
+    let log = m.services["billing"].log.clone();
+    let warned = eventually(LONG, || async {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("does not exist and this service may not create it")
+    })
+    .await;
+    assert!(warned, "billing did not say why it waits:\n{}", m.logs());
+    // Waiting, it still shuts down on SIGTERM.
+    let st = m.take("shipping").sigterm();
+    assert!(st.success(), "shipping exited with {st}:\n{}", m.logs());
+    // Once admin has created the topics, billing goes on.
+    let mut b = m.broker_client().await;
+    for t in ["orders", "payments"] {
+        b.create_topic(mesh_proto::broker::v1::CreateTopicRequest {
+            name: t.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let started = eventually(LONG, || async {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("ledger rebuilt from the payments topic")
+    })
+    .await;
+    assert!(
+        started,
+        "billing did not start once its topics existed:\n{}",
+        m.logs()
+    );
+}
