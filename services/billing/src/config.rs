@@ -85,3 +85,37 @@ impl ServiceConfig for Config {
         self.token_file.as_deref()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use mesh_sdk::config::load_service;
+
+    use super::*;
+
+    #[test]
+    fn tls_and_token_file_load_and_must_fit_the_broker_url() {
+        let c: Config = load_service(
+            "BILLING_TEST_A",
+            None,
+            "no-such-file",
+            &[
+                ("broker", "https://broker:50051"),
+                ("tls.ca", "/pki/ca.crt"),
+                ("tls.cert", "/pki/billing.crt"),
+                ("tls.key", "/pki/billing.key"),
+                ("token_file", "/pki/billing.token"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.tls().cert.as_deref(), Some(Path::new("/pki/billing.crt")));
+        assert_eq!(c.token_file(), Some(Path::new("/pki/billing.token")));
+        let e = load_service::<Config>(
+            "BILLING_TEST_B",
+            None,
+            "no-such-file",
+            &[("tls.ca", "/pki/ca.crt")],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("`broker`"), "{e}");
+    }
+}
