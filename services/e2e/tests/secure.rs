@@ -49,6 +49,8 @@ async fn the_order_flow_over_mutual_tls_with_least_privilege() {
     let mut m = Mesh::secure_without_broker();
     m.start_broker();
     m.start_all();
+    // The tutorial consumer too: BasicConfig gets [tls] like the others.
+    m.start("notifications");
     let pki = m.pki.clone().unwrap();
 
     let mut orders = m.orders().await;
@@ -132,6 +134,15 @@ async fn the_order_flow_over_mutual_tls_with_least_privilege() {
         .count();
     assert_eq!(placed, 2);
     assert_eq!(log_events_via(&link, "shipments").await.len(), 1);
+
+    let notified = m.services["notifications"].log.clone();
+    let notified = eventually(LONG, || async {
+        std::fs::read_to_string(&notified)
+            .unwrap_or_default()
+            .contains("notify: your order ships soon")
+    })
+    .await;
+    assert!(notified, "notifications saw no shipment:\n{}", m.logs());
 
     // The container healthcheck: the service's own config (its [tls]
     // from the environment) reaches its mTLS server; a probe without a
