@@ -39,6 +39,22 @@ pub fn bin_dir() -> &'static Path {
         let mut cmd = Command::new(env!("CARGO"));
         cmd.args(["build", "--workspace", "--bins", "--quiet"])
             .current_dir(env!("CARGO_MANIFEST_DIR"));
+        // Not the variables cargo set for this test binary: build scripts
+        // (ring's) watch CARGO_MANIFEST_DIR, so inheriting it made every
+        // build here and every `cargo test` after it rebuild ring, rustls,
+        // tonic and everything above them.
+        for (k, _) in std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v))) {
+            let set_for_tests = k == "CARGO_MANIFEST_DIR"
+                || k == "CARGO_MANIFEST_PATH"
+                || k == "CARGO_CRATE_NAME"
+                || k == "CARGO_PRIMARY_PACKAGE"
+                || k == "CARGO_TARGET_TMPDIR"
+                || k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_BIN_");
+            if set_for_tests {
+                cmd.env_remove(k);
+            }
+        }
         if dir.ends_with("release") {
             cmd.arg("--release");
         }
