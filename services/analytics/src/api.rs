@@ -4,15 +4,17 @@ use std::sync::{Arc, Mutex};
 
 use mesh_proto::{
     analytics::v1::{GetStatsRequest, Stats, analytics_server::Analytics},
-    broker::v1::{DescribeTopicRequest, broker_client::BrokerClient},
+    broker::v1::DescribeTopicRequest,
 };
+use mesh_sdk::link::{Broker, BrokerClient};
 use tonic::{Request, Response, Status};
 
 use crate::{TOPICS, stats};
 
 pub struct AnalyticsApi {
     pub stats: Arc<Mutex<stats::Stats>>,
-    pub broker: String,
+    /// The broker link of the service (its TLS and token).
+    pub broker: Broker,
     pub started: std::time::Instant,
 }
 
@@ -21,17 +23,8 @@ impl AnalyticsApi {
     /// the broker cannot be reached.
     async fn heads(&self) -> Vec<(String, u64)> {
         let mut out = Vec::new();
-        let client = async {
-            BrokerClient::new(
-                mesh_sdk::producer::endpoint(&self.broker)
-                    .ok()?
-                    .connect()
-                    .await
-                    .ok()?,
-            )
-            .into()
-        };
-        let client: Option<BrokerClient<_>> =
+        let client = async { self.broker.connect().await.ok() };
+        let client: Option<BrokerClient> =
             tokio::time::timeout(std::time::Duration::from_secs(2), client)
                 .await
                 .ok()

@@ -14,12 +14,12 @@ pub mod stats;
 use std::sync::{Arc, Mutex};
 
 use mesh_proto::analytics::v1::analytics_server::AnalyticsServer;
-use mesh_sdk::{CancellationToken, SdkError, tail};
+use mesh_sdk::{CancellationToken, SdkError, config::ServiceConfig, tail};
 use tokio::net::TcpListener;
 
 /// Settings: the SDK's `BasicConfig` from `analytics.toml` and `ANALYTICS__*`
 /// environment overrides (`listen`, `broker`, `log_format`,
-/// `metrics_listen`), with this service's default ports.
+/// `metrics_listen`, `tls.*`, `token_file`), with this service's default ports.
 pub use mesh_sdk::BasicConfig as Config;
 
 pub const DEFAULTS: &[(&str, &str)] = &[
@@ -34,11 +34,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), SdkError> {
-    mesh_sdk::ensure_topics(&cfg.broker, &TOPICS, &shutdown).await?;
+    let broker = cfg.broker()?;
+    mesh_sdk::ensure_topics(&broker, &TOPICS, &shutdown).await?;
     let stats = Arc::new(Mutex::new(stats::Stats::default()));
     let mut readers = Vec::new();
     for topic in TOPICS {
-        let (s, broker, stop) = (stats.clone(), cfg.broker.clone(), shutdown.clone());
+        let (s, broker, stop) = (stats.clone(), broker.clone(), shutdown.clone());
         readers.push(tokio::spawn(async move {
             tail::tail(&broker, topic, 0, &stop, |e| {
                 let span = match &e {
@@ -54,12 +55,13 @@ pub async fn run(
     }
     let api = api::AnalyticsApi {
         stats,
-        broker: cfg.broker.clone(),
+        broker,
         started: std::time::Instant::now(),
     };
     mesh_sdk::server::serve_until(
         tonic::service::Routes::new(AnalyticsServer::new(api)),
         listener,
+        &cfg.tls,
         shutdown,
         readers,
     )

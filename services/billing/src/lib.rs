@@ -25,7 +25,7 @@ use mesh_proto::{
     billing::v1::{PaymentAuthorized, PaymentDeclined, billing_server::BillingServer},
     orders::v1::OrderPlaced,
 };
-use mesh_sdk::{CancellationToken, Consumer, Producer, SdkError, tail};
+use mesh_sdk::{CancellationToken, Consumer, Producer, SdkError, config::ServiceConfig, tail};
 use tokio::net::TcpListener;
 
 pub use config::Config;
@@ -38,10 +38,11 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), SdkError> {
-    mesh_sdk::ensure_topics(&cfg.broker, &["orders", "payments"], &shutdown).await?;
+    let broker = cfg.broker()?;
+    mesh_sdk::ensure_topics(&broker, &["orders", "payments"], &shutdown).await?;
     let ledger = Arc::new(Mutex::new(ledger::Ledger::default()));
     let l = ledger.clone();
-    tail::replay(&cfg.broker, PaymentAuthorized::TOPIC, &shutdown, move |d| {
+    tail::replay(&broker, PaymentAuthorized::TOPIC, &shutdown, move |d| {
         let inv = d
             .decode::<PaymentAuthorized>()
             .map(|p| p.invoice)
@@ -58,16 +59,17 @@ pub async fn run(
 
     let h = handler::Billing {
         ledger: ledger.clone(),
-        producer: Producer::new(&cfg.broker, SOURCE)?,
+        producer: Producer::new(&broker, SOURCE)?,
         decline_over_minor: cfg.decline_over_minor,
     };
-    let consumer = Consumer::new(&cfg.broker, OrderPlaced::TOPIC, GROUP)?.name(SOURCE);
+    let consumer = Consumer::new(&broker, OrderPlaced::TOPIC, GROUP)?.name(SOURCE);
     let consumer = tokio::spawn(consumer.run(move |d| h.clone().handle(d), shutdown.clone()));
 
     let api = api::BillingApi { ledger };
     mesh_sdk::server::serve_until(
         tonic::service::Routes::new(BillingServer::new(api)),
         listener,
+        &cfg.tls,
         shutdown,
         vec![consumer],
     )

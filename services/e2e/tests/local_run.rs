@@ -64,6 +64,9 @@ fn run_local_script_and_readme_service_commands() {
         "/../../deploy/run-local.sh"
     ))
     .env("MESH_BIN_DIR", bins)
+    // The broker refuses to start without `auth`; this local mesh runs
+    // without authentication on purpose.
+    .env("BROKER__AUTH", "none")
     .env("MESH_DATA", dir.path())
     .env("MESH_BASE_PORT", base.to_string())
     .env("MESH_METRICS_BASE_PORT", mbase.to_string())

@@ -1,6 +1,6 @@
 //! Tells customers when their order ships: a complete consumer service.
 use mesh_proto::shipping::v1::ShipmentScheduled;
-use mesh_sdk::{BasicConfig, Consumer, Delivered, HandlerError, app, server};
+use mesh_sdk::{BasicConfig, Consumer, Delivered, HandlerError, ServiceConfig, app, server};
 
 /// Ok acks the event; Err nacks it and the broker redelivers it later.
 async fn handle(d: Delivered) -> Result<(), HandlerError> {
@@ -16,10 +16,11 @@ fn main() -> std::process::ExitCode {
         "NOTIFICATIONS",
         "notifications.toml",
         |cfg: BasicConfig, listener, shutdown| async move {
-            let consumer = Consumer::new(&cfg.broker, "shipments", "notifications")?;
+            let consumer = Consumer::new(&cfg.broker()?, "shipments", "notifications")?;
             let api = server::serve(
                 Default::default(),
                 listener,
+                &cfg.tls,
                 shutdown.clone().cancelled_owned(),
             );
             let (consumed, served) = tokio::join!(consumer.run(handle, shutdown.clone()), api);

@@ -22,12 +22,12 @@ use mesh_proto::{
     DomainEvent,
     orders::v1::{OrderPlaced, OrderStatusChanged, orders_server::OrdersServer},
 };
-use mesh_sdk::{CancellationToken, Consumer, Producer, SdkError, tail};
+use mesh_sdk::{CancellationToken, Consumer, Producer, SdkError, config::ServiceConfig, tail};
 use tokio::net::TcpListener;
 
 /// Settings: the SDK's `BasicConfig` from `orders.toml` and `ORDERS__*`
 /// environment overrides (`listen`, `broker`, `log_format`,
-/// `metrics_listen`), with this service's default ports.
+/// `metrics_listen`, `tls.*`, `token_file`), with this service's default ports.
 pub use mesh_sdk::BasicConfig as Config;
 
 pub const DEFAULTS: &[(&str, &str)] = &[
@@ -43,10 +43,11 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), SdkError> {
-    mesh_sdk::ensure_topics(&cfg.broker, &["orders", "payments", "shipments"], &shutdown).await?;
+    let broker = cfg.broker()?;
+    mesh_sdk::ensure_topics(&broker, &["orders", "payments", "shipments"], &shutdown).await?;
     let book = Arc::new(Mutex::new(book::Book::default()));
     let b = book.clone();
-    let next = tail::replay(&cfg.broker, "orders", &shutdown, move |d| {
+    let next = tail::replay(&broker, "orders", &shutdown, move |d| {
         let mut book = b.lock().expect("book lock");
         if let Ok(e) = d.decode::<OrderPlaced>() {
             if let Some(o) = e.order {
@@ -59,7 +60,7 @@ pub async fn run(
     .await?;
     tracing::info!(events = next, "order book rebuilt from the orders topic");
 
-    let producer = Producer::new(&cfg.broker, SOURCE)?;
+    let producer = Producer::new(&broker, SOURCE)?;
     let mut consumers = Vec::new();
     for topic in [
         mesh_proto::billing::v1::PaymentAuthorized::TOPIC,
@@ -69,7 +70,7 @@ pub async fn run(
             book: book.clone(),
             producer: producer.clone(),
         };
-        let c = Consumer::new(&cfg.broker, topic, GROUP)?.name(SOURCE);
+        let c = Consumer::new(&broker, topic, GROUP)?.name(SOURCE);
         consumers.push(tokio::spawn(
             c.run(move |d| f.clone().handle(d), shutdown.clone()),
         ));
@@ -79,6 +80,7 @@ pub async fn run(
     mesh_sdk::server::serve_until(
         tonic::service::Routes::new(OrdersServer::new(api)),
         listener,
+        &cfg.tls,
         shutdown,
         consumers,
     )

@@ -15,7 +15,8 @@ use crate::config::ServiceConfig;
 
 /// Runs a service binary. `prefix` names its environment overrides
 /// (`PREFIX__KEY`), `default_file` is read when no `--config` is given.
-/// `<bin> healthcheck [ADDR]` probes a running instance instead.
+/// `<bin> healthcheck [ADDR]` probes a running instance instead, with the
+/// same config (`--config`, environment) for its `[tls]` settings.
 pub fn main<C, F, Fut>(prefix: &str, default_file: &str, run: F) -> ExitCode
 where
     C: ServiceConfig,
@@ -43,17 +44,21 @@ where
     let Some(rt) = cli::tokio_runtime(&who) else {
         return ExitCode::FAILURE;
     };
-    if let Some(Command::Healthcheck { addr }) = &args.command {
-        return cli::healthcheck(&rt, &who, addr);
-    }
     let cfg: C =
-        match crate::config::load_with(prefix, args.config.as_deref(), default_file, defaults) {
+        match crate::config::load_service(prefix, args.config.as_deref(), default_file, defaults) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("{e}");
                 return ExitCode::from(2);
             }
         };
+    if let Some(Command::Healthcheck { addr }) = &args.command {
+        // The probe speaks to this service's own server as it serves:
+        // TLS (presenting the service's certificate, which mTLS accepts)
+        // exactly when it has a certificate.
+        let tls = crate::server::own_tls(cfg.tls());
+        return cli::healthcheck(&rt, &who, addr, &tls);
+    }
     // The OTLP exporter's channel lives on this runtime, so build it inside.
     let telemetry = {
         let _rt = rt.enter();

@@ -5,12 +5,21 @@
 //! Addresses and the log format are typed, so a value that does not parse
 //! is refused while loading.
 
-use std::{net::SocketAddr, path::Path};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
-use mesh_runtime::config::{self as rc, LogFormat};
+use mesh_runtime::{
+    config::{self as rc, LogFormat},
+    tls::{TlsConfig, opt_path},
+};
 use serde::de::DeserializeOwned;
 
-use crate::error::{SdkError, config_err};
+use crate::{
+    error::{SdkError, config_err},
+    link::Broker,
+};
 
 /// Checks how loaded settings relate (parsing is done); errors name the
 /// key.
@@ -19,11 +28,73 @@ pub trait Validate {
 }
 
 /// What the bootstrap ([`crate::app::main`]) needs from a service's config.
+/// A service's config type holds `broker`, `tls` and `token_file` fields
+/// and returns them here; the SDK does the rest ([`ServiceConfig::broker`],
+/// [`check_link`], TLS of the service's own server).
 pub trait ServiceConfig: DeserializeOwned + Validate {
     fn listen(&self) -> SocketAddr;
     fn log_format(&self) -> LogFormat;
     /// Where to serve Prometheus metrics; `None` disables them.
     fn metrics_listen(&self) -> Option<SocketAddr>;
+    /// The broker's URL (key `broker`).
+    fn broker_url(&self) -> &str;
+    /// The `[tls]` section: for the broker link and the service's own
+    /// server.
+    fn tls(&self) -> &TlsConfig;
+    /// The file holding this service's bearer token (key `token_file`).
+    fn token_file(&self) -> Option<&Path>;
+
+    /// The link to the broker every producer, consumer and reader of the
+    /// service takes: TLS when `broker` is https://, the token when
+    /// `token_file` is set. Reads those files now.
+    fn broker(&self) -> Result<Broker, SdkError> {
+        Broker::new(self.broker_url(), self.tls(), self.token_file())
+    }
+}
+
+/// Checks (without reading any file) that the broker link's settings fit
+/// together: the `[tls]` section itself, `broker`'s scheme against it
+/// (https:// needs `tls.ca`, http:// is refused when TLS is on), and that a
+/// token only travels over https://.
+pub fn check_link(
+    broker: &str,
+    tls: &TlsConfig,
+    token_file: Option<&Path>,
+) -> Result<(), SdkError> {
+    check_broker("broker", broker)?;
+    tls.validate("tls.")?;
+    let https = broker.starts_with("https://");
+    if https && tls.ca.is_none() {
+        return Err(config_err(
+            "broker",
+            format!("{broker:?} is https:// but `tls.ca` is not set to verify the broker"),
+        ));
+    }
+    if !https && tls.enabled() {
+        return Err(config_err(
+            "broker",
+            format!("{broker:?} is not https:// but TLS is configured ([tls]): use https://"),
+        ));
+    }
+    if !https && token_file.is_some() {
+        return Err(config_err(
+            "token_file",
+            format!("a token is sent only over TLS, but `broker` ({broker:?}) is not https://"),
+        ));
+    }
+    Ok(())
+}
+
+/// [`load_with`] for a service's config, plus [`check_link`].
+pub fn load_service<T: ServiceConfig>(
+    prefix: &str,
+    path: Option<&Path>,
+    default_file: &str,
+    defaults: &[(&str, &str)],
+) -> Result<T, SdkError> {
+    let cfg: T = load_with(prefix, path, default_file, defaults)?;
+    check_link(cfg.broker_url(), cfg.tls(), cfg.token_file())?;
+    Ok(cfg)
 }
 
 /// Loads `T` from code defaults, with per-service ones (`key`, `value`)
@@ -55,9 +126,10 @@ pub fn check_broker(key: &str, v: &str) -> Result<(), SdkError> {
 }
 
 /// The settings most consumers need and no more: where to listen, where
-/// the broker is, how to log, where to serve metrics. Env overrides:
-/// `PREFIX__LISTEN`, `PREFIX__BROKER`, `PREFIX__LOG_FORMAT`,
-/// `PREFIX__METRICS_LISTEN`.
+/// the broker is and how to reach it, how to log, where to serve metrics.
+/// Env overrides: `PREFIX__LISTEN`, `PREFIX__BROKER`, `PREFIX__LOG_FORMAT`,
+/// `PREFIX__METRICS_LISTEN`, `PREFIX__TLS__CA`, `PREFIX__TLS__CERT`,
+/// `PREFIX__TLS__KEY`, `PREFIX__TLS__CLIENT_AUTH`, `PREFIX__TOKEN_FILE`.
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BasicConfig {
@@ -70,6 +142,12 @@ pub struct BasicConfig {
     /// Prometheus metrics over HTTP; `""` disables them.
     #[serde(deserialize_with = "rc::opt_addr")]
     pub metrics_listen: Option<SocketAddr>,
+    /// TLS to the broker (with `broker` https://) and of this service's
+    /// own server (when `cert` is set).
+    pub tls: TlsConfig,
+    /// This service's bearer token, for a broker with auth = "token".
+    #[serde(deserialize_with = "opt_path")]
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for BasicConfig {
@@ -79,6 +157,8 @@ impl Default for BasicConfig {
             broker: "http://127.0.0.1:50051".into(),
             log_format: LogFormat::Text,
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9095))),
+            tls: TlsConfig::default(),
+            token_file: None,
         }
     }
 }
@@ -99,6 +179,15 @@ impl ServiceConfig for BasicConfig {
     fn metrics_listen(&self) -> Option<SocketAddr> {
         self.metrics_listen
     }
+    fn broker_url(&self) -> &str {
+        &self.broker
+    }
+    fn tls(&self) -> &TlsConfig {
+        &self.tls
+    }
+    fn token_file(&self) -> Option<&Path> {
+        self.token_file.as_deref()
+    }
 }
 
 #[cfg(test)]
@@ -106,7 +195,7 @@ mod tests {
     use super::*;
 
     fn with(prefix: &str, defaults: &[(&str, &str)]) -> Result<BasicConfig, SdkError> {
-        load_with(prefix, None, "no-such-file", defaults)
+        load_service(prefix, None, "no-such-file", defaults)
     }
 
     #[test]
@@ -136,5 +225,42 @@ mod tests {
             let e = with("MESH_SDK_TEST_D", &[(key, bad)]).unwrap_err();
             assert!(e.to_string().contains(key), "{key}: {e}");
         }
+    }
+
+    #[test]
+    fn tls_and_token_come_from_env_and_must_fit_the_broker_url() {
+        // SAFETY: this test alone uses the MESH_SDK_TEST_E..H prefixes.
+        unsafe {
+            std::env::set_var("MESH_SDK_TEST_E__TLS__CA", "/pki/ca.crt");
+            std::env::set_var("MESH_SDK_TEST_E__TLS__CERT", "/pki/billing.crt");
+            std::env::set_var("MESH_SDK_TEST_E__TLS__KEY", "/pki/billing.key");
+            std::env::set_var("MESH_SDK_TEST_E__TOKEN_FILE", "/pki/billing.token");
+            std::env::set_var("MESH_SDK_TEST_E__BROKER", "https://broker:50051");
+        }
+        let c = with("MESH_SDK_TEST_E", &[]).unwrap();
+        assert_eq!(c.tls.ca.as_deref(), Some(Path::new("/pki/ca.crt")));
+        assert_eq!(c.tls.key.as_deref(), Some(Path::new("/pki/billing.key")));
+        assert_eq!(c.token_file(), Some(Path::new("/pki/billing.token")));
+        // TLS on, broker plaintext: refused, naming `broker`.
+        unsafe { std::env::set_var("MESH_SDK_TEST_F__TLS__CA", "/pki/ca.crt") };
+        let e = with("MESH_SDK_TEST_F", &[]).unwrap_err();
+        assert!(e.to_string().contains("`broker`"), "{e}");
+        // https:// without a CA: refused, naming `broker`.
+        let e = with("MESH_SDK_TEST_G", &[("broker", "https://b:1")]).unwrap_err();
+        assert!(e.to_string().contains("`broker`"), "{e}");
+        // A token over plaintext: refused, naming `token_file`.
+        let e = with("MESH_SDK_TEST_H", &[("token_file", "/t")]).unwrap_err();
+        assert!(e.to_string().contains("`token_file`"), "{e}");
+        // The section's own rules: a cert without its key.
+        let e = with(
+            "MESH_SDK_TEST_H",
+            &[
+                ("broker", "https://b:1"),
+                ("tls.ca", "a"),
+                ("tls.cert", "c"),
+            ],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("`tls.key`"), "{e}");
     }
 }

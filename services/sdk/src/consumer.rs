@@ -12,20 +12,18 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use mesh_proto::broker::v1::{
-    self as pb, broker_client::BrokerClient, start_position::Position, subscribe_request::Request,
-    subscribe_response::Response,
+    self as pb, start_position::Position, subscribe_request::Request, subscribe_response::Response,
 };
 use mesh_runtime::backoff::Backoff;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 use tracing::Instrument;
 
 use crate::{
     error::SdkError,
     events::{Delivered, HandlerError},
-    producer::endpoint,
+    link::Broker,
 };
 
 /// Where a group that does not exist yet starts.
@@ -36,7 +34,7 @@ pub enum Start {
 }
 
 pub struct Consumer {
-    ep: Endpoint,
+    broker: Broker,
     topic: String,
     group: String,
     concurrency: u32,
@@ -59,9 +57,10 @@ pub(crate) fn delivered(d: pb::Delivery) -> Option<Delivered> {
 }
 
 impl Consumer {
-    pub fn new(broker: &str, topic: &str, group: &str) -> Result<Self, SdkError> {
+    /// A member of `group` on `topic` of `broker`. Connects when run.
+    pub fn new(broker: &Broker, topic: &str, group: &str) -> Result<Self, SdkError> {
         Ok(Consumer {
-            ep: endpoint(broker)?,
+            broker: broker.clone(),
             topic: topic.to_string(),
             group: group.to_string(),
             concurrency: 16,
@@ -133,8 +132,8 @@ impl Consumer {
         H: Fn(Delivered) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
-        let ch = tokio::select! {
-            c = self.ep.connect() => c?,
+        let mut client = tokio::select! {
+            c = self.broker.connect() => c?,
             _ = shutdown.cancelled() => return Ok(()),
         };
         let (tx, rx) = mpsc::channel::<pb::SubscribeRequest>(self.concurrency as usize * 2 + 16);
@@ -157,7 +156,7 @@ impl Consumer {
                 request: Some(Request::Open(open)),
             })
             .await;
-        let mut stream = BrokerClient::new(ch)
+        let mut stream = client
             .subscribe(ReceiverStream::new(rx))
             .await?
             .into_inner();

@@ -9,8 +9,15 @@ pub enum SdkError {
     Runtime(#[from] mesh_runtime::RuntimeError),
     #[error("configuration key `{key}`: {reason}")]
     Config { key: String, reason: String },
-    #[error("broker address {addr:?}: {reason}")]
-    BrokerAddr { addr: String, reason: String },
+    /// A `[tls]` file or the token file cannot be used, or the broker's
+    /// URL does not fit the TLS settings; names the key.
+    #[error(transparent)]
+    Tls(#[from] mesh_runtime::tls::TlsError),
+    /// The broker could not be reached or the TLS handshake failed; the
+    /// reason carries the whole cause (an unknown issuer, a refused
+    /// connection).
+    #[error("cannot connect to the broker at {url}: {reason}")]
+    Connect { url: String, reason: String },
     /// The broker refused a publish request (bad input, unknown topic).
     #[error("publish to {topic:?} refused: {code:?}: {message}")]
     Refused {

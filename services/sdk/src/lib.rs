@@ -9,6 +9,9 @@
 //!   reconnects, with deterministic ids.
 //! - [`consumer`]: a typed consumer group member: `Ok` acks, `Err` nacks,
 //!   bounded concurrency, reconnect with backoff.
+//! - [`link`]: the [`Broker`] link: URL, TLS and bearer token in one
+//!   value every producer, consumer and reader takes.
+//! - [`ensure_topics`]: waiting for the topics a service needs.
 //! - [`tail`]: replaying or following a topic without a group.
 //! - [`events`]: typed events in the envelope, [`Delivered`],
 //!   [`HandlerError`], [`derive_id`].
@@ -23,20 +26,24 @@ pub mod config;
 pub mod consumer;
 pub mod error;
 pub mod events;
+pub mod link;
 pub mod metrics;
 pub mod producer;
 pub mod server;
 pub mod tail;
+mod topics;
 
-pub use config::BasicConfig;
+pub use config::{BasicConfig, ServiceConfig};
 pub use consumer::{Consumer, Start};
 pub use error::SdkError;
 pub use events::{Delivered, HandlerError, derive_id, envelope};
+pub use link::Broker;
 pub use mesh_proto;
 pub use mesh_runtime;
 pub use mesh_telemetry;
 pub use producer::Producer;
 pub use tokio_util::sync::CancellationToken;
+pub use topics::ensure_topics;
 
 /// A token cancelled on SIGTERM or SIGINT.
 pub fn shutdown_token() -> CancellationToken {
@@ -47,43 +54,4 @@ pub fn shutdown_token() -> CancellationToken {
         t.cancel();
     });
     token
-}
-
-/// Creates topics that do not exist yet, waiting (with backoff) for the
-/// broker to be reachable. Returns early if `shutdown` is cancelled.
-pub async fn ensure_topics(
-    broker: &str,
-    topics: &[&str],
-    shutdown: &CancellationToken,
-) -> Result<(), SdkError> {
-    use mesh_proto::broker::v1::{CreateTopicRequest, broker_client::BrokerClient};
-    let ep = producer::endpoint(broker)?;
-    let mut backoff = mesh_runtime::backoff::Backoff::default();
-    loop {
-        let attempt = async {
-            let mut c = BrokerClient::new(ep.connect().await?);
-            for t in topics {
-                let r = c
-                    .create_topic(CreateTopicRequest {
-                        name: t.to_string(),
-                        ..Default::default()
-                    })
-                    .await;
-                match r {
-                    Ok(_) => tracing::info!(topic = t, "created topic"),
-                    Err(s) if s.code() == tonic::Code::AlreadyExists => {}
-                    Err(s) => return Err(SdkError::Status(s)),
-                }
-            }
-            Ok::<(), SdkError>(())
-        };
-        match attempt.await {
-            Ok(()) => return Ok(()),
-            Err(e) => tracing::warn!(broker, error = %e, "broker not ready; retrying"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-            _ = shutdown.cancelled() => return Ok(()),
-        }
-    }
 }

@@ -16,7 +16,7 @@ use std::{
 
 use mesh_proto::{
     DomainEvent,
-    broker::v1::{PublishRequest, PublishResponse, PublishResult, broker_client::BrokerClient},
+    broker::v1::{PublishRequest, PublishResponse, PublishResult},
     events::v1::Event,
 };
 use tokio::{
@@ -24,13 +24,12 @@ use tokio::{
     time::Instant,
 };
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 use tracing::Instrument;
 
 use mesh_runtime::backoff::Backoff;
 use tonic::Code;
 
-use crate::{error::SdkError, events::envelope};
+use crate::{error::SdkError, events::envelope, link::Broker};
 
 /// Events merged into one request at most.
 const MAX_MERGED_EVENTS: usize = 500;
@@ -54,30 +53,12 @@ pub struct Producer {
     timeout: Duration,
 }
 
-pub fn endpoint(broker: &str) -> Result<Endpoint, SdkError> {
-    Endpoint::from_shared(broker.to_string())
-        .map(|e| {
-            e.connect_timeout(Duration::from_secs(3))
-                .tcp_nodelay(true)
-                // Notice a dead connection (a network cut, a broker whose
-                // IP changed) in seconds rather than at TCP's timeout.
-                .http2_keep_alive_interval(Duration::from_secs(5))
-                .keep_alive_timeout(Duration::from_secs(5))
-                .keep_alive_while_idle(true)
-        })
-        .map_err(|e| SdkError::BrokerAddr {
-            addr: broker.to_string(),
-            reason: e.to_string(),
-        })
-}
-
 impl Producer {
-    /// A producer for the broker at `broker` (a URL); `source` is the
-    /// CloudEvents source of what it publishes. Connects lazily.
-    pub fn new(broker: &str, source: &str) -> Result<Self, SdkError> {
-        let ep = endpoint(broker)?;
+    /// A producer for `broker`; `source` is the CloudEvents source of
+    /// what it publishes. Connects lazily.
+    pub fn new(broker: &Broker, source: &str) -> Result<Self, SdkError> {
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(run(ep, rx));
+        tokio::spawn(run(broker.clone(), rx));
         Ok(Producer {
             tx,
             source: source.to_string(),
@@ -228,7 +209,32 @@ fn answer(jobs: Vec<Job>, resp: PublishResponse, queue: &mut VecDeque<Job>) {
     }
 }
 
-async fn run(ep: Endpoint, mut rx: mpsc::Receiver<Job>) {
+/// The code of an error that means the broker will not take this
+/// service's publishes (who it is, or what it may do), as opposed to the
+/// broker being away.
+fn refused_code(e: &SdkError) -> Option<Code> {
+    match e {
+        SdkError::Status(s)
+            if matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied) =>
+        {
+            Some(s.code())
+        }
+        _ => None,
+    }
+}
+
+/// Fails every queued call with the broker's refusal.
+fn fail_all(queue: &mut VecDeque<Job>, code: Code, message: &str) {
+    for j in queue.drain(..) {
+        let _ = j.reply.send(Err(SdkError::Refused {
+            topic: j.topic.clone(),
+            code,
+            message: message.to_string(),
+        }));
+    }
+}
+
+async fn run(broker: Broker, mut rx: mpsc::Receiver<Job>) {
     let mut queue: VecDeque<Job> = VecDeque::new();
     let mut in_flight: InFlight = BTreeMap::new();
     let mut seq = 0u64;
@@ -243,37 +249,52 @@ async fn run(ep: Endpoint, mut rx: mpsc::Receiver<Job>) {
             }
         }
         let stream = async {
-            let ch = ep.connect().await.ok()?;
+            let mut client = broker.connect().await?;
             let (req_tx, req_rx) = mpsc::channel::<PublishRequest>(1024);
-            let resp = BrokerClient::new(ch)
+            let resp = client
                 .publish(ReceiverStream::new(req_rx))
-                .await
-                .ok()?
+                .await?
                 .into_inner();
-            Some((req_tx, resp))
+            Ok::<_, SdkError>((req_tx, resp))
         };
-        let Some((req_tx, mut resp)) = tokio::time::timeout(Duration::from_secs(5), stream)
-            .await
-            .ok()
-            .flatten()
-        else {
-            let delay = backoff.next_delay();
-            let until = Instant::now() + delay;
-            // Keep accepting (and expiring) work while the broker is away.
-            while Instant::now() < until {
-                tokio::select! {
-                    j = rx.recv(), if !closed => match j { Some(j) => queue.push_back(j), None => closed = true },
-                    _ = tokio::time::sleep_until(until) => {}
+        let opened = match tokio::time::timeout(Duration::from_secs(5), stream).await {
+            Ok(r) => r,
+            Err(_) => Err(SdkError::Connect {
+                url: broker.url().to_string(),
+                reason: "no Publish stream within 5 s".into(),
+            }),
+        };
+        let (req_tx, mut resp) = match opened {
+            Ok(s) => s,
+            Err(e) => {
+                let refused = refused_code(&e);
+                if let Some(code) = refused {
+                    // Not the network: waiting will not help the calls
+                    // made so far, so they fail now and later calls try
+                    // again (a token or grant may be fixed meanwhile).
+                    tracing::warn!(broker = broker.url(), error = %e, "the broker refuses this service's publishes");
+                    fail_all(&mut queue, code, &e.to_string());
                 }
+                let delay = backoff.next_delay();
+                let until = Instant::now() + delay;
+                // Keep accepting (and expiring) work while the broker is away.
+                while Instant::now() < until {
+                    tokio::select! {
+                        j = rx.recv(), if !closed => match j { Some(j) => queue.push_back(j), None => closed = true },
+                        _ = tokio::time::sleep_until(until) => {}
+                    }
+                }
+                expire(&mut queue, &mut in_flight);
+                if !queue.is_empty() && refused.is_none() {
+                    tracing::warn!(
+                        broker = broker.url(),
+                        error = %e,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "broker unreachable; publishes are waiting"
+                    );
+                }
+                continue;
             }
-            expire(&mut queue, &mut in_flight);
-            if !queue.is_empty() {
-                tracing::warn!(
-                    retry_in_ms = delay.as_millis() as u64,
-                    "broker unreachable; publishes are waiting"
-                );
-            }
-            continue;
         };
         backoff.reset();
         loop {

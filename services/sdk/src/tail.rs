@@ -3,14 +3,13 @@
 //! keeps its own position and resumes from it after a reconnect.
 
 use mesh_proto::broker::v1::{
-    self as pb, broker_client::BrokerClient, start_position::Position, subscribe_request::Request,
-    subscribe_response::Response,
+    self as pb, start_position::Position, subscribe_request::Request, subscribe_response::Response,
 };
 use mesh_runtime::backoff::Backoff;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::{consumer::delivered, error::SdkError, events::Delivered, producer::endpoint};
+use crate::{consumer::delivered, error::SdkError, events::Delivered, link::Broker};
 
 /// What the callback of [`tail`] sees.
 pub enum TailEvent {
@@ -25,19 +24,18 @@ pub enum TailEvent {
 /// caught-up marker, reconnecting with backoff, until `f` returns false or
 /// `shutdown` is cancelled. Returns the next offset to read.
 pub async fn tail(
-    broker: &str,
+    broker: &Broker,
     topic: &str,
     from: u64,
     shutdown: &CancellationToken,
     mut f: impl FnMut(TailEvent) -> bool,
 ) -> Result<u64, SdkError> {
-    let ep = endpoint(broker)?;
     let metered = crate::metrics::HandlerMetrics::new(topic, "");
     let mut next = from;
     let mut backoff = Backoff::default();
     loop {
         let session = async {
-            let ch = ep.connect().await?;
+            let client = broker.connect().await?;
             let open = pb::Open {
                 topic: topic.to_string(),
                 auto_ack: true,
@@ -53,7 +51,7 @@ pub async fn tail(
                     request: Some(Request::Open(open)),
                 })
                 .await;
-            let mut stream = BrokerClient::new(ch)
+            let mut stream = client
                 .max_decoding_message_size(64 << 20)
                 .subscribe(ReceiverStream::new(rx))
                 .await?
@@ -104,7 +102,7 @@ pub async fn tail(
 /// Replays `topic` from the beginning up to its head at the time of the
 /// call, calling `f` for each event. Returns the next offset to read.
 pub async fn replay(
-    broker: &str,
+    broker: &Broker,
     topic: &str,
     shutdown: &CancellationToken,
     mut f: impl FnMut(Delivered),

@@ -21,12 +21,12 @@ use mesh_proto::{
     billing::v1::PaymentAuthorized,
     shipping::v1::{ShipmentScheduled, shipping_server::ShippingServer},
 };
-use mesh_sdk::{CancellationToken, Consumer, Producer, SdkError, tail};
+use mesh_sdk::{CancellationToken, Consumer, Producer, SdkError, config::ServiceConfig, tail};
 use tokio::net::TcpListener;
 
 /// Settings: the SDK's `BasicConfig` from `shipping.toml` and `SHIPPING__*`
 /// environment overrides (`listen`, `broker`, `log_format`,
-/// `metrics_listen`), with this service's default ports.
+/// `metrics_listen`, `tls.*`, `token_file`), with this service's default ports.
 pub use mesh_sdk::BasicConfig as Config;
 
 pub const DEFAULTS: &[(&str, &str)] = &[
@@ -45,10 +45,11 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), SdkError> {
-    mesh_sdk::ensure_topics(&cfg.broker, &["payments", "shipments"], &shutdown).await?;
+    let broker = cfg.broker()?;
+    mesh_sdk::ensure_topics(&broker, &["payments", "shipments"], &shutdown).await?;
     let register: Register = Arc::default();
     let r = register.clone();
-    tail::replay(&cfg.broker, ShipmentScheduled::TOPIC, &shutdown, move |d| {
+    tail::replay(&broker, ShipmentScheduled::TOPIC, &shutdown, move |d| {
         if let Ok(ShipmentScheduled { shipment: Some(s) }) = d.decode::<ShipmentScheduled>() {
             r.lock()
                 .expect("register lock")
@@ -64,15 +65,16 @@ pub async fn run(
 
     let h = handler::Shipping {
         register: register.clone(),
-        producer: Producer::new(&cfg.broker, SOURCE)?,
+        producer: Producer::new(&broker, SOURCE)?,
     };
-    let consumer = Consumer::new(&cfg.broker, PaymentAuthorized::TOPIC, GROUP)?.name(SOURCE);
+    let consumer = Consumer::new(&broker, PaymentAuthorized::TOPIC, GROUP)?.name(SOURCE);
     let consumer = tokio::spawn(consumer.run(move |d| h.clone().handle(d), shutdown.clone()));
 
     let api = api::ShippingApi { register };
     mesh_sdk::server::serve_until(
         tonic::service::Routes::new(ShippingServer::new(api)),
         listener,
+        &cfg.tls,
         shutdown,
         vec![consumer],
     )

@@ -20,7 +20,8 @@ use mesh_proto::{
     orders::v1::{Money, OrderItem, PlaceOrderRequest, orders_client::OrdersClient},
     shipping::v1::shipping_client::ShippingClient,
 };
-use tonic::transport::Channel;
+use mesh_sdk::mesh_runtime::tls::TlsConfig;
+use tonic::transport::{Channel, Endpoint};
 
 /// Shared by every test crate of the workspace. Allowed unused like the
 /// rest of this module: not every test file polls.
@@ -38,6 +39,22 @@ pub fn bin_dir() -> &'static Path {
         let mut cmd = Command::new(env!("CARGO"));
         cmd.args(["build", "--workspace", "--bins", "--quiet"])
             .current_dir(env!("CARGO_MANIFEST_DIR"));
+        // Not the variables cargo set for this test binary: build scripts
+        // (ring's) watch CARGO_MANIFEST_DIR, so inheriting it made every
+        // build here and every `cargo test` after it rebuild ring, rustls,
+        // tonic and everything above them.
+        for (k, _) in std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v))) {
+            let set_for_tests = k == "CARGO_MANIFEST_DIR"
+                || k == "CARGO_MANIFEST_PATH"
+                || k == "CARGO_CRATE_NAME"
+                || k == "CARGO_PRIMARY_PACKAGE"
+                || k == "CARGO_TARGET_TMPDIR"
+                || k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_BIN_");
+            if set_for_tests {
+                cmd.env_remove(k);
+            }
+        }
         if dir.ends_with("release") {
             cmd.arg("--release");
         }
@@ -89,6 +106,12 @@ impl Proc {
             .open(&log)
             .unwrap();
         let mut cmd = Command::new(bin_dir().join(bin));
+        if bin == "broker" {
+            // The broker refuses to start without `auth`; plaintext tests
+            // run without authentication on purpose. `env` may say
+            // otherwise.
+            cmd.env("BROKER__AUTH", "none");
+        }
         cmd.current_dir(dir)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -168,6 +191,46 @@ pub struct Mesh {
     pub services: std::collections::BTreeMap<String, Proc>,
     /// Environment given to every process started from now on.
     pub env: Vec<(String, String)>,
+    /// With TLS: the development PKI's folder (`ca.crt`, `<name>.crt`,
+    /// `<name>.key` for every process and `admin`). The broker then runs
+    /// with auth = "mtls" and the demo ACL, every service with its own
+    /// certificate, and the test's clients as `admin`.
+    pub pki: Option<PathBuf>,
+}
+
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The `[tls]` settings of principal `name` in the PKI at `pki`.
+pub fn tls_of(pki: &Path, name: &str) -> TlsConfig {
+    TlsConfig {
+        ca: Some(pki.join("ca.crt")),
+        cert: Some(pki.join(format!("{name}.crt"))),
+        key: Some(pki.join(format!("{name}.key"))),
+        ..Default::default()
+    }
+}
+
+/// `PREFIX__TLS__CA`, `..CERT` and `..KEY` for principal `name`'s files in
+/// `pki`.
+pub fn tls_env(prefix: &str, pki: &Path, name: &str) -> Vec<(String, String)> {
+    ["ca", "crt", "key"]
+        .into_iter()
+        .zip(["CA", "CERT", "KEY"])
+        .map(|(ext, key)| {
+            let file = if ext == "ca" {
+                "ca.crt".to_string()
+            } else {
+                format!("{name}.{ext}")
+            };
+            (
+                format!("{prefix}__TLS__{key}"),
+                pki.join(file).display().to_string(),
+            )
+        })
+        .collect()
 }
 
 impl Mesh {
@@ -185,15 +248,76 @@ impl Mesh {
             broker: None,
             services: Default::default(),
             env: Vec::new(),
+            pki: None,
         }
     }
 
+    /// A mesh over mutual TLS whose broker is not started yet: a fresh
+    /// development PKI in `<dir>/pki`, and a `broker.toml` (read from the
+    /// broker's working directory) that creates the business topics, as
+    /// services under the least-privilege ACL may not.
+    pub fn secure_without_broker() -> Mesh {
+        let mut m = Mesh::without_broker();
+        let pki = m.dir.path().join("pki");
+        mesh_certs::write_dev_pki(&pki, &mesh_certs::Options::default()).unwrap();
+        std::fs::write(
+            m.dir.path().join("broker.toml"),
+            "[[topics]]\nname = \"orders\"\n\n[[topics]]\nname = \"payments\"\n\n\
+             [[topics]]\nname = \"shipments\"\n",
+        )
+        .unwrap();
+        m.pki = Some(pki);
+        m
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.pki.is_some() { "https" } else { "http" }
+    }
+
     pub fn broker_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.broker_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.broker_port)
+    }
+
+    /// The TLS settings of the test's own clients: `admin`'s certificate
+    /// (the ACL lets it do everything), or none in a plaintext mesh.
+    pub fn admin_tls(&self) -> TlsConfig {
+        self.pki
+            .as_deref()
+            .map_or_else(TlsConfig::default, |p| tls_of(p, "admin"))
+    }
+
+    /// A broker link for the test's own producers and readers, as `admin`.
+    pub fn link(&self) -> mesh_sdk::Broker {
+        mesh_sdk::Broker::new(&self.broker_url(), &self.admin_tls(), None).unwrap()
+    }
+
+    /// A channel to `url` as `admin` (over TLS in a secure mesh).
+    pub async fn channel(&self, url: &str) -> Channel {
+        let ep = match &self.pki {
+            None => Endpoint::from_shared(url.to_string()).unwrap(),
+            Some(_) => {
+                mesh_sdk::mesh_runtime::tls::endpoint("url", url, &self.admin_tls()).unwrap()
+            }
+        };
+        ep.connect()
+            .await
+            .unwrap_or_else(|e| panic!("connect to {url}: {e:?}"))
     }
 
     pub fn start_broker(&mut self) {
-        let mut env = self.env.clone();
+        let mut env = Vec::new();
+        if let Some(pki) = &self.pki {
+            env.push(("BROKER__AUTH".to_string(), "mtls".to_string()));
+            env.extend(tls_env("BROKER", pki, "broker"));
+            env.push((
+                "BROKER__ACL_FILE".into(),
+                repo_root()
+                    .join("deploy/mesh/acl.toml")
+                    .display()
+                    .to_string(),
+            ));
+        }
+        env.extend(self.env.clone());
         env.extend([
             (
                 "BROKER__LISTEN".to_string(),
@@ -213,7 +337,11 @@ impl Mesh {
 
     pub fn start(&mut self, service: &str) {
         let prefix = service.to_uppercase();
-        let mut env = self.env.clone();
+        let mut env = Vec::new();
+        if let Some(pki) = &self.pki {
+            env.extend(tls_env(&prefix, pki, service));
+        }
+        env.extend(self.env.clone());
         env.extend([
             (format!("{prefix}__LISTEN"), "127.0.0.1:0".to_string()),
             (format!("{prefix}__BROKER"), self.broker_url()),
@@ -229,7 +357,7 @@ impl Mesh {
     }
 
     pub fn url(&self, service: &str) -> String {
-        self.services[service].url()
+        format!("{}://{}", self.scheme(), self.services[service].addr)
     }
 
     pub fn take(&mut self, service: &str) -> Proc {
@@ -237,21 +365,19 @@ impl Mesh {
     }
 
     pub async fn orders(&self) -> OrdersClient<Channel> {
-        OrdersClient::connect(self.url("orders")).await.unwrap()
+        OrdersClient::new(self.channel(&self.url("orders")).await)
     }
     pub async fn billing(&self) -> BillingClient<Channel> {
-        BillingClient::connect(self.url("billing")).await.unwrap()
+        BillingClient::new(self.channel(&self.url("billing")).await)
     }
     pub async fn shipping(&self) -> ShippingClient<Channel> {
-        ShippingClient::connect(self.url("shipping")).await.unwrap()
+        ShippingClient::new(self.channel(&self.url("shipping")).await)
     }
     pub async fn analytics(&self) -> AnalyticsClient<Channel> {
-        AnalyticsClient::connect(self.url("analytics"))
-            .await
-            .unwrap()
+        AnalyticsClient::new(self.channel(&self.url("analytics")).await)
     }
     pub async fn broker_client(&self) -> BrokerClient<Channel> {
-        BrokerClient::connect(self.broker_url()).await.unwrap()
+        BrokerClient::new(self.channel(&self.broker_url()).await)
     }
 
     /// Every process's log, for a failing test's message.
@@ -300,6 +426,11 @@ pub fn order(key: &str, customer: &str, amount_minor: i64) -> PlaceOrderRequest 
 
 /// Events of `topic` by type, as stored in the log: (type, subject) pairs.
 pub async fn log_events(broker: &str, topic: &str) -> Vec<(String, String)> {
+    log_events_via(&mesh_sdk::Broker::plaintext(broker).unwrap(), topic).await
+}
+
+/// [`log_events`] over a given link (TLS, a token).
+pub async fn log_events_via(broker: &mesh_sdk::Broker, topic: &str) -> Vec<(String, String)> {
     let stop = mesh_sdk::CancellationToken::new();
     let mut out = Vec::new();
     mesh_sdk::tail::replay(broker, topic, &stop, |d| {
