@@ -243,7 +243,9 @@ async fn a_connection_that_does_not_answer_keepalive_pings_is_closed() {
     // A client that speaks HTTP/2 (preface, empty SETTINGS, and the ack of
     // the server's SETTINGS) and then never answers a PING.
     let mut mute = tokio::net::TcpStream::connect(e.b.addr).await.unwrap();
-    mute.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    mute.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
     mute.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
     mute.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await.unwrap();
     assert!(

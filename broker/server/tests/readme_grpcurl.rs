@@ -76,7 +76,12 @@ fn the_api_docs_grpcurl_commands_work_with_mutual_tls_as_admin() {
             ("BROKER__ACL_FILE", &acl.display().to_string()),
         ],
     );
-    let flags = format!("-cacert {} -cert {} -key {}", f("ca.crt"), f("admin.crt"), f("admin.key"));
+    let flags = format!(
+        "-cacert {} -cert {} -key {}",
+        f("ca.crt"),
+        f("admin.crt"),
+        f("admin.key")
+    );
     // The certificate names localhost, not 127.0.0.1's reverse name.
     check_blocks(&format!("localhost:{}", b.addr.port()), Some(&flags));
     b.sigterm();

@@ -23,8 +23,10 @@ fn free_block(n: u16, from: u16) -> u16 {
     panic!("no {n} free consecutive ports");
 }
 
-fn grpcurl(block: &str, base: u16) -> String {
-    let mut script = block.to_string();
+/// Runs a README block against the local mesh: its ports moved to the
+/// test's, and the compose demo's certificate folder to run-local.sh's.
+fn grpcurl(block: &str, base: u16, certs: &std::path::Path) -> String {
+    let mut script = block.replace("deploy/certs/", &format!("{}/", certs.display()));
     for (i, p) in (50051..50057).enumerate() {
         script = script.replace(
             &format!("localhost:{p}"),
@@ -66,7 +68,6 @@ fn run_local_script_and_readme_service_commands() {
     .env("MESH_BIN_DIR", bins)
     // The broker refuses to start without `auth`; this local mesh runs
     // without authentication on purpose.
-    .env("BROKER__AUTH", "none")
     .env("MESH_DATA", dir.path())
     .env("MESH_BASE_PORT", base.to_string())
     .env("MESH_METRICS_BASE_PORT", mbase.to_string())
@@ -81,17 +82,21 @@ fn run_local_script_and_readme_service_commands() {
         "run-local.sh said {line:?}"
     );
 
+    // run-local.sh is secure by default: mutual TLS with the certificates
+    // it made there, which the README's commands use as `admin`.
+    let certs = dir.path().join("certs");
+    assert!(line.starts_with("mesh running (mtls)"), "{line:?}");
     let readme = mesh_test_support::doc("README.md");
     let blocks = mesh_test_support::code_blocks(readme.section("### Call the services"), "sh");
     assert!(blocks.len() >= 2, "{blocks:?}");
-    let placed = grpcurl(&blocks[0], base);
+    let placed = grpcurl(&blocks[0], base, &certs);
     assert!(placed.contains("\"orderId\": \"ord-"), "{placed}");
     assert!(placed.contains("ORDER_STATUS_PLACED"), "{placed}");
     // The order flows through billing and shipping, then reads back.
     let start = Instant::now();
     let mut last = String::new();
     while start.elapsed() < Duration::from_secs(60) {
-        last = grpcurl(&blocks[1], base);
+        last = grpcurl(&blocks[1], base, &certs);
         if last.contains("ORDER_STATUS_SHIPPED") {
             break;
         }
@@ -99,7 +104,7 @@ fn run_local_script_and_readme_service_commands() {
     }
     assert!(last.contains("ORDER_STATUS_SHIPPED"), "{last}");
     for b in &blocks[2..] {
-        grpcurl(b, base);
+        grpcurl(b, base, &certs);
     }
     // Every process serves Prometheus metrics; billing handled the order.
     for i in 0..6 {

@@ -31,7 +31,7 @@ pub async fn serve(
     tls: &TlsConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SdkError> {
-    let tls = own_tls(tls).server("tls.")?;
+    let tls = own_tls(tls).server("tls.", mesh_runtime::tls::ClientAuth::Required)?;
     let (routes, health) = mesh_runtime::grpc::with_health_and_reflection(routes, true)?;
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
