@@ -83,6 +83,12 @@ fn rows<'a>(r: &Results, off: &'a Runs, on: &'a Runs) -> Vec<Row<'a>> {
     v
 }
 
+/// `1 - ratio` in whole percent, without a "-0".
+fn cost_pct(ratio: f64) -> f64 {
+    let c = ((1.0 - ratio) * 100.0).round();
+    if c == 0.0 { 0.0 } else { c }
+}
+
 /// Microseconds of CPU per event: `cores` busy at `rate` events/s.
 fn us_per_event(cores: f64, rate: f64) -> f64 {
     cores * 1e6 / rate
@@ -113,12 +119,12 @@ fn table(
         let med = median(&ratios);
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {:.0} | {} | {med:.2} | {:.0}% | {:.1} → {:.1} | {:.1} → {:.1} |",
+            "| {} | {:.0} | {:.0} | {} | {med:.2} | {}% | {:.1} → {:.1} | {:.1} → {:.1} |",
             row.name,
             m_off.rate(),
             m_on.rate(),
             fmt_list(&ratios, 2),
-            (1.0 - med) * 100.0,
+            cost_pct(med),
             us_per_event(m_off.cpu.broker, m_off.rate()),
             us_per_event(m_on.cpu.broker, m_on.rate()),
             us_per_event(m_off.cpu.client, m_off.rate()),
@@ -145,13 +151,13 @@ fn verdict(out: &mut String, rows: &[(Kind, String, f64, f64)], kind: Kind, what
     let cost = 1.0 - best.3;
     let _ = writeln!(
         out,
-        "- aim: TLS costs {what} under {:.0}%: {} — {:.0}% on the fastest shape ({}); \
-         worst shape {:.0}% ({})",
+        "- aim: TLS costs {what} under {:.0}%: {} — {}% on the fastest shape ({}); \
+         worst shape {}% ({})",
         TLS_AIM * 100.0,
         if cost < TLS_AIM { "met" } else { "NOT met" },
-        cost * 100.0,
+        cost_pct(best.3),
         best.1,
-        (1.0 - worst.3) * 100.0,
+        cost_pct(worst.3),
         worst.1
     );
 }
@@ -195,5 +201,34 @@ pub fn write(out: &mut String, r: &Results) {
             );
             table(out, r, &title, (a, b));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn costs_are_whole_percent_without_minus_zero() {
+        assert_eq!(cost_pct(1.004).to_string(), "0");
+        assert_eq!(cost_pct(0.85), 15.0);
+        assert_eq!(cost_pct(1.06), -6.0);
+    }
+
+    #[test]
+    fn ratios_pair_runs_of_the_same_round() {
+        let run = |events| Run {
+            events,
+            secs: 1.0,
+            ..Run::default()
+        };
+        let (off, on) = (vec![run(100), run(200)], vec![run(90), run(100)]);
+        let row = Row {
+            name: "x".into(),
+            kind: Kind::Other,
+            off: &off,
+            on: &on,
+        };
+        assert_eq!(round_ratios(&row), [0.9, 0.5]);
     }
 }
