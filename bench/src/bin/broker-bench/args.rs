@@ -45,6 +45,35 @@ struct Cli {
     /// The scenarios to run, comma-separated [default: all of them].
     #[arg(long, value_enum, value_name = "PART,...", value_delimiter = ',')]
     only: Vec<Part>,
+    /// TLS between the clients and the broker: off (plaintext, auth =
+    /// "none"), on (mutual TLS with a dev PKI, auth = "mtls", every client
+    /// as `admin`), or both, run back to back per scenario in every round.
+    #[arg(long, value_enum, default_value_t = Choice::Off)]
+    tls: Choice,
+    /// Encryption at rest of the brokers' logs (`storage.encryption_key_file`
+    /// = the dev PKI's log.key): off, on, or both, back to back per
+    /// scenario in every round.
+    #[arg(long, value_enum, default_value_t = Choice::Off)]
+    encryption: Choice,
+}
+
+/// The values of `--tls` and `--encryption`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Choice {
+    Off,
+    On,
+    Both,
+}
+
+impl Choice {
+    /// The settings to run, off first.
+    fn values(self) -> Vec<bool> {
+        match self {
+            Choice::Off => vec![false],
+            Choice::On => vec![true],
+            Choice::Both => vec![false, true],
+        }
+    }
 }
 
 /// The values of `--fsync`.
@@ -101,6 +130,10 @@ pub struct Args {
     pub latency_seconds: f64,
     /// The scenarios that run.
     pub only: Vec<Part>,
+    /// TLS off (`false`), on (`true`), or both, in this order.
+    pub tls: Vec<bool>,
+    /// Encryption at rest off, on, or both, in this order.
+    pub encryption: Vec<bool>,
 }
 
 impl Args {
@@ -147,6 +180,8 @@ impl Cli {
             } else {
                 self.only
             },
+            tls: self.tls.values(),
+            encryption: self.encryption.values(),
         }
     }
 }
@@ -172,6 +207,10 @@ mod tests {
         assert_eq!(full.fsync, Fsync::Always);
         assert_eq!(full.only.len(), 5);
         assert_eq!(full.dir, std::env::temp_dir());
+        assert_eq!(
+            (&full.tls[..], &full.encryption[..]),
+            (&[false][..], &[false][..])
+        );
 
         let quick = parse(&["--rounds", "2", "--quick"]).unwrap();
         assert_eq!(
@@ -206,6 +245,10 @@ mod tests {
             "2",
             "--only",
             "consume,latency",
+            "--tls",
+            "both",
+            "--encryption",
+            "on",
         ])
         .unwrap();
         assert_eq!(a.dir, PathBuf::from("/x"));
@@ -214,6 +257,10 @@ mod tests {
         assert_eq!((a.prefill, a.consume_seconds), (300_000, 4.0));
         assert_eq!((a.rate, a.latency_seconds), (100, 2.0));
         assert_eq!(a.only, [Part::Consume, Part::Latency]);
+        assert_eq!(
+            (&a.tls[..], &a.encryption[..]),
+            (&[false, true][..], &[true][..])
+        );
         assert!(a.runs(Part::Latency) && !a.runs(Part::Publish));
         let all = parse(&["--only", "publish,unary,baseline,consume,latency"]).unwrap();
         assert_eq!(all.only, Part::value_variants());
@@ -237,6 +284,8 @@ mod tests {
             (&["--prefill", "0"], "--prefill"),
             (&["--rate", "0"], "--rate"),
             (&["--fsync", "never"], "--fsync"),
+            (&["--tls", "yes"], "--tls"),
+            (&["--encryption", "aes"], "--encryption"),
             (&["--only", "publish,foo"], "--only"),
             (&["--dir"], "--dir"),
             (&["--bogus"], "--bogus"),

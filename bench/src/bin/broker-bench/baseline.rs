@@ -23,14 +23,15 @@ use crate::{
     broker::{broker_config, on_clients},
     err, event,
     publish::{Shape, streams_run},
+    security::Security,
     stats::Run,
 };
 
 /// The broker's storage without gRPC: the same encoded events (with ids)
 /// submitted with the same pipelining as a Publish stream.
-pub fn baseline_run(rt: &Runtime, args: &Args, shape: Shape) -> Res<Run> {
+pub fn baseline_run(rt: &Runtime, args: &Args, sec: &Security, shape: Shape) -> Res<Run> {
     let dir = RunDir::new(&args.dir, "baseline").map_err(err)?;
-    let cfg = broker_config(args, dir.0.clone());
+    let cfg = broker_config(args, sec, dir.0.clone());
     let storage: Arc<dyn Storage> =
         Arc::new(LocalStorage::open(&dir.0, cfg.log_config()).map_err(err)?);
     let limit = Duration::from_secs_f64(args.seconds);

@@ -2,7 +2,6 @@
 //! every Deliveries message.
 
 use std::{
-    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -20,7 +19,7 @@ use mesh_bench::TOPIC;
 
 use crate::{
     Res,
-    broker::connect,
+    broker::{Target, connect},
     cpu::{Cpu, cpu_now},
     err,
     stats::Run,
@@ -29,7 +28,7 @@ use crate::{
 /// Opens a Subscribe stream as a member of `group` with `credit`; returns
 /// the request sender and the response stream, after `Opened`.
 pub async fn open_member(
-    addr: SocketAddr,
+    target: &Target,
     topic: &str,
     group: &str,
     credit: u32,
@@ -37,7 +36,7 @@ pub async fn open_member(
     mpsc::Sender<pb::SubscribeRequest>,
     tonic::Streaming<pb::SubscribeResponse>,
 )> {
-    let mut c = connect(addr).await?;
+    let mut c = connect(target).await?;
     let (tx, rx) = mpsc::channel(1024);
     tx.send(pb::SubscribeRequest {
         request: Some(Request::Open(pb::Open {
@@ -72,7 +71,7 @@ pub fn ack(offsets: Vec<u64>) -> pb::SubscribeRequest {
 /// once. Stops at `total` or `limit`; then checks that the group committed
 /// everything it acked (with the streams still open).
 pub async fn consume_run(
-    addr: SocketAddr,
+    target: Target,
     group: String,
     members: usize,
     credit: u32,
@@ -87,10 +86,15 @@ pub async fn consume_run(
     let deadline = tokio::time::Instant::from_std(start + limit);
     let mut tasks = Vec::new();
     for _ in 0..members {
-        let (got, done_tx, mut done_rx, group) =
-            (got.clone(), done_tx.clone(), done_rx.clone(), group.clone());
+        let (got, done_tx, mut done_rx, group, target) = (
+            got.clone(),
+            done_tx.clone(),
+            done_rx.clone(),
+            group.clone(),
+            target.clone(),
+        );
         tasks.push(tokio::spawn(async move {
-            let (tx, mut rx) = open_member(addr, TOPIC, &group, credit).await?;
+            let (tx, mut rx) = open_member(&target, TOPIC, &group, credit).await?;
             let mut last = Instant::now();
             loop {
                 let m = tokio::select! {
@@ -133,7 +137,7 @@ pub async fn consume_run(
     let cpu = Cpu::between(cpu0, cpu_now(), secs);
     let events = got.load(Ordering::Relaxed);
     // Every delivered event was acked: the group must commit past them.
-    let mut c = connect(addr).await?;
+    let mut c = connect(&target).await?;
     let check = Instant::now() + Duration::from_secs(10);
     loop {
         let g = c

@@ -6,7 +6,6 @@
 //! up instead of vanishing from the figures (no coordinated omission).
 
 use std::{
-    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -27,7 +26,7 @@ use mesh_bench::{
 
 use crate::{
     Res,
-    broker::connect,
+    broker::{Target, connect},
     consume::{ack, open_member},
     err, event, nanos_since,
 };
@@ -100,11 +99,11 @@ fn pace(
 /// One member subscribes; one publisher sends `rate` events/s, one event
 /// per request, for `secs`. Latency = delivery time - due time (carried
 /// in the data). All in one process, so both use the same clock.
-pub async fn latency_run(addr: SocketAddr, rate: u64, secs: f64) -> Res<Latency> {
+pub async fn latency_run(target: Target, rate: u64, secs: f64) -> Res<Latency> {
     let base = Instant::now();
     let limit = Duration::from_secs_f64(secs);
     let want = (rate as f64 * secs) as u64;
-    let (ack_tx, mut sub_rx) = open_member(addr, TOPIC, "latency", 1000).await?;
+    let (ack_tx, mut sub_rx) = open_member(&target, TOPIC, "latency", 1000).await?;
     let receiver = tokio::spawn(async move {
         let mut lat = histogram();
         let deadline = tokio::time::Instant::now() + limit + Duration::from_secs(10);
@@ -132,7 +131,7 @@ pub async fn latency_run(addr: SocketAddr, rate: u64, secs: f64) -> Res<Latency>
         Ok::<_, String>((lat, ack_tx, sub_rx))
     });
 
-    let mut c = connect(addr).await?;
+    let mut c = connect(&target).await?;
     let (tx, rx) = mpsc::channel::<pb::PublishRequest>(1024);
     let mut answers = c
         .publish(ReceiverStream::new(rx))

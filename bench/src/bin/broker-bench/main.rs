@@ -5,6 +5,7 @@
 //!     [--fsync always|interval] [--rounds N] [--seconds N] [--events N]
 //!     [--prefill N] [--consume-seconds N] [--rate N] [--latency-seconds N]
 //!     [--only publish,unary,baseline,consume,latency]
+//!     [--tls off|on|both] [--encryption off|on|both]
 //! ```
 //!
 //! A real broker (`mesh_broker::run`, default config, `fsync = always`) runs in
@@ -37,6 +38,16 @@
 //! throttled state, so the scenarios are interleaved in rounds (each round
 //! starts with a raw fdatasync probe) and ratios are taken within a round.
 //!
+//! `--tls` and `--encryption` (`security.rs`) choose the security
+//! variants: TLS on is mutual TLS with a development PKI made in a run
+//! directory (`mesh_certs::write_dev_pki`), the broker with auth = "mtls"
+//! and the repository's deploy/mesh/acl.toml, and every client connecting
+//! as `admin` over https; off is plaintext with auth = "none".
+//! Encryption on sets `storage.encryption_key_file` to the PKI's log.key.
+//! With `both` (of either or of both flags) every scenario runs each
+//! variant back to back within each round, and the report ends with the
+//! per-round ratios on / off of those neighbours (`compare.rs`).
+//!
 //! Output is a markdown report on stdout (`report.rs`); progress goes to
 //! stderr. Run directories, the event data, the raw disk probe and the
 //! percentiles come from the mesh-bench library, shared with log-bench.
@@ -44,12 +55,14 @@
 mod args;
 mod baseline;
 mod broker;
+mod compare;
 mod consume;
 mod cpu;
 mod latency;
 mod publish;
 mod report;
 mod rounds;
+mod security;
 mod stats;
 mod unary;
 
@@ -106,6 +119,7 @@ mod tests {
         consume::consume_run,
         latency::latency_run,
         publish::{Shape, publish_run},
+        security::Security,
         unary::unary_run,
     };
 
@@ -117,19 +131,20 @@ mod tests {
         args.events = 300;
         let (broker_rt, client_rt) = (runtime("broker").unwrap(), runtime("client").unwrap());
         let limit = Duration::from_secs(20);
+        let plain = Security::plain();
 
-        let b = RunningBroker::start(&broker_rt, &args, "test").unwrap();
-        let addr = b.addr;
+        let b = RunningBroker::start(&broker_rt, &args, &plain, "test").unwrap();
+        let t = b.target.clone();
         let (p, u, c) = on_clients(&client_rt, async move {
-            create_topic(addr, TOPIC).await?;
+            create_topic(&t, TOPIC).await?;
             let shape = Shape {
                 streams: 2,
                 batch: 10,
                 in_flight: 40,
             };
-            let p = publish_run(addr, TOPIC, shape, 300, limit).await?;
-            let u = unary_run(addr, 20, limit).await?;
-            let c = consume_run(addr, "g".into(), 2, 50, 320, limit).await?;
+            let p = publish_run(t.clone(), TOPIC, shape, 300, limit).await?;
+            let u = unary_run(t.clone(), 20, limit).await?;
+            let c = consume_run(t, "g".into(), 2, 50, 320, limit).await?;
             Ok((p, u, c))
         })
         .unwrap();
@@ -142,10 +157,15 @@ mod tests {
             batch: 10,
             in_flight: 100,
         };
-        assert_eq!(baseline_run(&client_rt, &args, shape).unwrap().events, 300);
+        assert_eq!(
+            baseline_run(&client_rt, &args, &plain, shape)
+                .unwrap()
+                .events,
+            300
+        );
 
-        let l = on_fresh_broker((&broker_rt, &client_rt), &args, "test", |addr| {
-            latency_run(addr, 1000, 0.2)
+        let l = on_fresh_broker((&broker_rt, &client_rt), &args, &plain, "test", |t| {
+            latency_run(t, 1000, 0.2)
         })
         .unwrap();
         assert_eq!((l.sent, l.delivered), (200, 200));
@@ -156,5 +176,50 @@ mod tests {
                 .0
                 > 0.0
         );
+    }
+
+    /// The security variants end to end: a quick run of publish and
+    /// consume with `--tls both --encryption both` (a real dev PKI, mutual
+    /// TLS as `admin` with the repository's ACL, an encrypted log), and
+    /// the report compares every pair.
+    #[test]
+    fn tls_and_encryption_variants_run_side_by_side() {
+        let mut args = Args::try_parse_from([
+            "broker-bench",
+            "--quick",
+            "--only",
+            "publish,consume",
+            "--tls",
+            "both",
+            "--encryption",
+            "both",
+            "--prefill",
+            "2000",
+        ])
+        .unwrap();
+        args.events = 500;
+        let r = rounds::run(&args).unwrap();
+        assert_eq!(r.variants.len(), 4);
+        for (v, runs) in r.variants.iter().zip(&r.runs) {
+            for (shape, p) in r.publish_shapes.iter().zip(&runs.publish) {
+                assert_eq!(p.len(), 1, "{} {shape:?}", v.label());
+                assert_eq!(p[0].events, 500, "{} {shape:?}", v.label());
+            }
+            assert_eq!(runs.prefill[0].events, 2000, "{}", v.label());
+            for c in &runs.consume {
+                assert_eq!(c[0].events, 2000, "{}", v.label());
+            }
+        }
+        let text = report::write(&args, &r);
+        for title in [
+            "TLS on / off, encryption off",
+            "TLS on / off, encryption on",
+            "Encryption at rest on / off, TLS off",
+            "Encryption at rest on / off, TLS on",
+            "aim: TLS costs streamed publish under 15%",
+            "aim: TLS costs consume under 15%",
+        ] {
+            assert!(text.contains(title), "no {title:?} in\n{text}");
+        }
     }
 }

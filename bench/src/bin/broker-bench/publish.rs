@@ -2,7 +2,6 @@
 //! of requests in flight.
 
 use std::{
-    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -22,7 +21,7 @@ use mesh_bench::{
 
 use crate::{
     Res,
-    broker::connect,
+    broker::{Target, connect},
     cpu::{Cpu, cpu_now},
     err, event, nanos_since,
     stats::Run,
@@ -58,7 +57,7 @@ impl Shape {
 /// deadline passes. Returns (events acknowledged, time of the last answer,
 /// per-request ack latencies in us).
 async fn publish_stream(
-    addr: SocketAddr,
+    target: Target,
     topic: String,
     tag: String,
     (batch, reqs): (usize, usize),
@@ -66,7 +65,7 @@ async fn publish_stream(
     max_events: u64,
     deadline: Instant,
 ) -> Res<(u64, Instant, Histogram<u64>)> {
-    let mut client = connect(addr).await?;
+    let mut client = connect(&target).await?;
     let (tx, rx) = mpsc::channel::<pb::PublishRequest>(reqs);
     let mut answers = client
         .publish(ReceiverStream::new(rx))
@@ -126,7 +125,7 @@ async fn publish_stream(
 
 /// Streamed publish of `shape` into `topic` until `max_events` or `limit`.
 pub async fn publish_run(
-    addr: SocketAddr,
+    target: Target,
     topic: &str,
     shape: Shape,
     max_events: u64,
@@ -140,7 +139,7 @@ pub async fn publish_run(
         limit,
         |s, claimed, _start, deadline| {
             publish_stream(
-                addr,
+                target.clone(),
                 topic.to_string(),
                 format!("r{run}-s{s}"),
                 (shape.batch, shape.requests_per_stream()),

@@ -1,4 +1,5 @@
-//! The markdown report on stdout.
+//! The markdown report on stdout: the run, then each security variant's
+//! tables, then (with several variants) their comparison (`compare.rs`).
 
 use std::fmt::Write as _;
 
@@ -6,8 +7,10 @@ use mesh_bench::stats::fmt_list;
 
 use crate::{
     args::Args,
+    compare,
     publish::Shape,
-    rounds::Results,
+    rounds::{Results, Runs},
+    security::Variant,
     stats::{Run, ms, ratios, summarize},
 };
 
@@ -32,22 +35,46 @@ pub fn write(args: &Args, r: &Results) -> String {
         fmt_list(&r.probes.iter().map(|p| p.0).collect::<Vec<_>>(), 0),
         fmt_list(&r.probes.iter().map(|p| p.1).collect::<Vec<_>>(), 0)
     );
-    if r.publish.iter().any(|v| !v.is_empty())
-        || r.baseline.iter().any(|v| !v.is_empty())
-        || !r.unary.is_empty()
-    {
-        publish(&mut out, args, r);
+    let several = r.variants.len() > 1;
+    if several || r.variants[0] != Variant::PLAIN {
+        let _ = writeln!(
+            out,
+            "Security variants, in this order back to back within every scenario of a round: {}. \
+             TLS on: mutual TLS with a development PKI (mesh-certs), auth = \"mtls\", \
+             acl_file = deploy/mesh/acl.toml, every client connecting as `admin` over https \
+             (each stream its own TCP connection and TLS session); off: plaintext, auth = \
+             \"none\". Encryption on: storage.encryption_key_file = the PKI's log.key.\n",
+            r.variants
+                .iter()
+                .map(Variant::label)
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
     }
-    if !r.prefill.is_empty() {
-        consume(&mut out, args, r);
+    for (variant, v) in r.variants.iter().zip(&r.runs) {
+        if several {
+            let _ = writeln!(out, "## {}\n", variant.label());
+        }
+        if v.publish.iter().any(|x| !x.is_empty())
+            || v.baseline.iter().any(|x| !x.is_empty())
+            || !v.unary.is_empty()
+        {
+            publish(&mut out, args, r, v);
+        }
+        if !v.prefill.is_empty() {
+            consume(&mut out, args, r, v);
+        }
+        if !v.latency.is_empty() {
+            latency(&mut out, args, v);
+        }
     }
-    if !r.latency.is_empty() {
-        latency(&mut out, args, r);
+    if several {
+        compare::write(&mut out, r);
     }
     out
 }
 
-fn publish(out: &mut String, args: &Args, r: &Results) {
+fn publish(out: &mut String, args: &Args, r: &Results, v: &Runs) {
     let _ = writeln!(
         out,
         "### Publish\n\nEach run: a fresh broker and topic; stop at {} events or {} s. \
@@ -61,20 +88,20 @@ fn publish(out: &mut String, args: &Args, r: &Results) {
     );
     let _ = writeln!(out, "|---|---|---:|---:|---:|---|---:|---:|");
     for (i, s) in r.publish_shapes.iter().enumerate() {
-        if r.publish[i].is_empty() {
+        if v.publish[i].is_empty() {
             continue;
         }
         let in_flight = s.streams * s.batch * s.requests_per_stream();
-        grpc_row(out, "Publish stream", &s.label(), in_flight, &r.publish[i]);
+        grpc_row(out, "Publish stream", &s.label(), in_flight, &v.publish[i]);
     }
-    if !r.unary.is_empty() {
-        grpc_row(out, "PublishUnary, sequential", "1 × 1 × 1", 1, &r.unary);
+    if !v.unary.is_empty() {
+        grpc_row(out, "PublishUnary, sequential", "1 × 1 × 1", 1, &v.unary);
     }
     for (i, s) in r.baseline_shapes.iter().enumerate() {
-        if r.baseline[i].is_empty() {
+        if v.baseline[i].is_empty() {
             continue;
         }
-        let (m, rates) = summarize(&r.baseline[i]);
+        let (m, rates) = summarize(&v.baseline[i]);
         let c = m.cpu.broker + m.cpu.client;
         let _ = writeln!(
             out,
@@ -86,8 +113,9 @@ fn publish(out: &mut String, args: &Args, r: &Results) {
     }
     let _ = writeln!(out);
     let _ = writeln!(out, "Ratios within each round (same disk state):\n");
-    let find = |v: &[Shape], s: (usize, usize, usize)| {
-        v.iter()
+    let find = |shapes: &[Shape], s: (usize, usize, usize)| {
+        shapes
+            .iter()
             .position(|x| (x.streams, x.batch, x.in_flight) == s)
     };
     let pairs = [
@@ -106,10 +134,10 @@ fn publish(out: &mut String, args: &Args, r: &Results) {
     ];
     for (a, b, text) in pairs {
         if let (Some(a), Some(b)) = (find(&r.publish_shapes, a), find(&r.publish_shapes, b))
-            && !r.publish[a].is_empty()
-            && !r.publish[b].is_empty()
+            && !v.publish[a].is_empty()
+            && !v.publish[b].is_empty()
         {
-            let _ = writeln!(out, "- {text}: {}", ratios(&r.publish[a], &r.publish[b]));
+            let _ = writeln!(out, "- {text}: {}", ratios(&v.publish[a], &v.publish[b]));
         }
     }
     for (bs, ps) in [
@@ -117,18 +145,18 @@ fn publish(out: &mut String, args: &Args, r: &Results) {
         ((1, 1, 1024), (1, 1, 1024)),
     ] {
         if let (Some(a), Some(b)) = (find(&r.publish_shapes, ps), find(&r.baseline_shapes, bs))
-            && !r.publish[a].is_empty()
-            && !r.baseline[b].is_empty()
+            && !v.publish[a].is_empty()
+            && !v.baseline[b].is_empty()
         {
             let _ = writeln!(
                 out,
                 "- gRPC vs storage only, {} per request: {}",
                 ps.1,
-                ratios(&r.publish[a], &r.baseline[b])
+                ratios(&v.publish[a], &v.baseline[b])
             );
         }
     }
-    let best = r
+    let best = v
         .publish
         .iter()
         .filter(|r| !r.is_empty())
@@ -166,8 +194,8 @@ fn grpc_row(out: &mut String, api: &str, shape: &str, in_flight: usize, runs: &[
     );
 }
 
-fn consume(out: &mut String, args: &Args, r: &Results) {
-    let (pm, _) = summarize(&r.prefill);
+fn consume(out: &mut String, args: &Args, r: &Results, v: &Runs) {
+    let (pm, _) = summarize(&v.prefill);
     let _ = writeln!(
         out,
         "### Consume\n\nThe topic is filled with up to {} events by 4 Publish streams \
@@ -177,7 +205,7 @@ fn consume(out: &mut String, args: &Args, r: &Results) {
          {} s, and counts only if the group then commits every acked event.\n",
         args.prefill,
         pm.rate() as u64,
-        fmt_list(&r.prefill.iter().map(Run::rate).collect::<Vec<_>>(), 0),
+        fmt_list(&v.prefill.iter().map(Run::rate).collect::<Vec<_>>(), 0),
         args.consume_seconds
     );
     let _ = writeln!(
@@ -186,7 +214,7 @@ fn consume(out: &mut String, args: &Args, r: &Results) {
     );
     let _ = writeln!(out, "|---:|---:|---:|---:|---:|---|---:|");
     for (i, (members, credit)) in r.consume_shapes.iter().enumerate() {
-        let (m, rates) = summarize(&r.consume[i]);
+        let (m, rates) = summarize(&v.consume[i]);
         let _ = writeln!(
             out,
             "| {members} | {credit} | {} | {} | {} |",
@@ -195,7 +223,7 @@ fn consume(out: &mut String, args: &Args, r: &Results) {
             m.cpu.show()
         );
     }
-    let best = r
+    let best = v
         .consume
         .iter()
         .map(|r| summarize(r).0.rate())
@@ -208,7 +236,7 @@ fn consume(out: &mut String, args: &Args, r: &Results) {
     );
 }
 
-fn latency(out: &mut String, args: &Args, r: &Results) {
+fn latency(out: &mut String, args: &Args, v: &Runs) {
     let _ = writeln!(
         out,
         "### End-to-end latency\n\nOne Publish stream sends {} events/s (one event per \
@@ -223,7 +251,7 @@ fn latency(out: &mut String, args: &Args, r: &Results) {
         "| round | sent | delivered | publish → deliver p50 / p99 / max (ms) | publish → ack p50 / p99 (ms) |"
     );
     let _ = writeln!(out, "|---:|---:|---:|---:|---:|");
-    for (i, l) in r.latency.iter().enumerate() {
+    for (i, l) in v.latency.iter().enumerate() {
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} / {} / {} | {} / {} |",

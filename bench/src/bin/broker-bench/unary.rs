@@ -1,9 +1,6 @@
 //! PublishUnary: one event per call, one call at a time.
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use mesh_proto::broker::v1 as pb;
 
@@ -15,15 +12,15 @@ use mesh_bench::{
 
 use crate::{
     Res,
-    broker::connect,
+    broker::{Target, connect},
     cpu::{Cpu, cpu_now},
     err, event,
     stats::Run,
 };
 
 /// PublishUnary, one event per call, sequentially.
-pub async fn unary_run(addr: SocketAddr, max_events: u64, limit: Duration) -> Res<Run> {
-    let mut c = connect(addr).await?;
+pub async fn unary_run(target: Target, max_events: u64, limit: Duration) -> Res<Run> {
+    let mut c = connect(&target).await?;
     let data = payload();
     let cpu0 = cpu_now();
     let start = Instant::now();
