@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! # mesh-log: keys that encrypted this directory (verifiers, no key material)
-//! 1 <hex: 24-byte nonce, sealed constant, 16-byte tag>
+//! 1 <hex: 12-byte nonce, sealed constant, 16-byte tag>
 //! 2 <hex>
 //! ```
 //!

@@ -10,7 +10,7 @@
 //! - [`segment`]: one segment: its file, sparse index and published length.
 //! - `segfile`: a segment file read by position, and its recovery scan.
 //! - [`record`]: the on-disk framing of one record (CRC-32C checksummed;
-//!   sealed with XChaCha20-Poly1305 when encryption at rest is on).
+//!   sealed with AES-256-GCM-SIV when encryption at rest is on).
 //! - [`keyring`]: the encryption key file, its keys, and the AEAD.
 //! - `keycheck`: the data directory's key verifiers (`ENCRYPTION`), so a
 //!   wrong key fails the start.

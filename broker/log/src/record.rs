@@ -15,9 +15,9 @@
 //!
 //! ```text
 //! 40  u32 LE  key id
-//! 44  [u8;24] random nonce
-//! 68  ...     XChaCha20-Poly1305 ciphertext of the payload
-//! end [u8;16] Poly1305 tag
+//! 44  [u8;12] random nonce
+//! 56  ...     AES-256-GCM-SIV ciphertext of the payload
+//! end [u8;16] authentication tag
 //! ```
 //!
 //! Its associated data is bytes 8..44 (offset, timestamp, id hash, key

@@ -48,7 +48,7 @@ struct Cli {
     #[arg(long, value_name = "N", value_parser = positive::<u64>)]
     small_mib: Option<u64>,
     /// Encryption at rest in the throughput scenarios: off, on (a key file
-    /// with one XChaCha20-Poly1305 key), or both, each scenario run plain
+    /// with one AES-256-GCM-SIV key), or both, each scenario run plain
     /// and then encrypted back to back in every round, for a side-by-side.
     #[arg(long, value_enum, default_value_t = EncryptionChoice::Off)]
     encryption: EncryptionChoice,

@@ -22,7 +22,7 @@
 //! removed afterwards); with `both` every scenario runs plain and then
 //! encrypted back to back in each round, and the report gives the ratio
 //! per round. Recovery always runs plain: it never decrypts (the checksum
-//! covers the stored bytes), so only the 44 bytes more per record differ.
+//! covers the stored bytes), so only the 32 bytes more per record differ.
 //!
 //! fdatasyncs under `fsync = always` are counted without touching the
 //! library: the syncer publishes the head once per fdatasync, so the number
