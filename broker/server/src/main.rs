@@ -44,11 +44,14 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // Before the line below: a SIGTERM right after it must drain the
+        // broker, not kill it.
+        let shutdown = mesh_runtime::shutdown_signal();
         if let Ok(addr) = listener.local_addr() {
             // A line for scripts and tests that bind port 0.
             println!("broker listening on {addr}");
         }
-        match mesh_broker::run(cfg, listener, mesh_runtime::shutdown_signal()).await {
+        match mesh_broker::run(cfg, listener, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "broker failed");

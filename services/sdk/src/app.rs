@@ -76,11 +76,14 @@ where
             eprintln!("{e}");
             return ExitCode::FAILURE;
         }
+        // Before the line below: a SIGTERM right after it must stop the
+        // service gracefully, not kill it.
+        let shutdown = crate::shutdown_token();
         if let Ok(addr) = listener.local_addr() {
             // A line for scripts and tests that bind port 0.
             println!("listening on {addr}");
         }
-        match run(cfg, listener, crate::shutdown_token()).await {
+        match run(cfg, listener, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "service failed");

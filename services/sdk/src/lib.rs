@@ -49,8 +49,10 @@ pub use topics::ensure_topics;
 pub fn shutdown_token() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
+    // Registered here, before the task runs: see `shutdown_signal`.
+    let signal = mesh_runtime::shutdown_signal();
     tokio::spawn(async move {
-        mesh_runtime::shutdown_signal().await;
+        signal.await;
         t.cancel();
     });
     token
