@@ -1,4 +1,24 @@
-//! Value parsers of the benchmarks' clap flags.
+//! Value parsers of the benchmarks' clap flags, and the off/on/both
+//! switches they share.
+
+/// A feature run off, on, or both side by side (`--tls`, `--encryption`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    Off,
+    On,
+    Both,
+}
+
+impl OnOff {
+    /// The settings to run, off first.
+    pub fn values(self) -> Vec<bool> {
+        match self {
+            OnOff::Off => vec![false],
+            OnOff::On => vec![true],
+            OnOff::Both => vec![false, true],
+        }
+    }
+}
 
 /// A number of seconds: finite and above zero.
 pub fn positive_f64(v: &str) -> Result<f64, String> {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
-use mesh_bench::args::{positive, positive_f64};
+use mesh_bench::args::{OnOff, positive, positive_f64};
 
 /// The broker measured end to end over gRPC. Prints a markdown report on
 /// stdout and progress on stderr.
@@ -48,32 +48,13 @@ struct Cli {
     /// TLS between the clients and the broker: off (plaintext, auth =
     /// "none"), on (mutual TLS with a dev PKI, auth = "mtls", every client
     /// as `admin`), or both, run back to back per scenario in every round.
-    #[arg(long, value_enum, default_value_t = Choice::Off)]
-    tls: Choice,
+    #[arg(long, value_enum, default_value_t = OnOff::Off)]
+    tls: OnOff,
     /// Encryption at rest of the brokers' logs (`storage.encryption_key_file`
     /// = the dev PKI's log.key): off, on, or both, back to back per
     /// scenario in every round.
-    #[arg(long, value_enum, default_value_t = Choice::Off)]
-    encryption: Choice,
-}
-
-/// The values of `--tls` and `--encryption`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Choice {
-    Off,
-    On,
-    Both,
-}
-
-impl Choice {
-    /// The settings to run, off first.
-    fn values(self) -> Vec<bool> {
-        match self {
-            Choice::Off => vec![false],
-            Choice::On => vec![true],
-            Choice::Both => vec![false, true],
-        }
-    }
+    #[arg(long, value_enum, default_value_t = OnOff::Off)]
+    encryption: OnOff,
 }
 
 /// The values of `--fsync`.

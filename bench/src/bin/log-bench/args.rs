@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
-use mesh_bench::args::{positive, positive_f64};
+use mesh_bench::args::{OnOff, positive, positive_f64};
 use mesh_log::FsyncPolicy;
 
 use crate::INTERVAL;
@@ -50,8 +50,8 @@ struct Cli {
     /// Encryption at rest in the throughput scenarios: off, on (a key file
     /// with one AES-256-GCM-SIV key), or both, each scenario run plain
     /// and then encrypted back to back in every round, for a side-by-side.
-    #[arg(long, value_enum, default_value_t = EncryptionChoice::Off)]
-    encryption: EncryptionChoice,
+    #[arg(long, value_enum, default_value_t = OnOff::Off)]
+    encryption: OnOff,
     /// Skip the append throughput scenarios.
     #[arg(long)]
     no_throughput: bool,
@@ -65,14 +65,6 @@ struct Cli {
 enum FsyncChoice {
     Always,
     Interval,
-    Both,
-}
-
-/// The values of `--encryption`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum EncryptionChoice {
-    Off,
-    On,
     Both,
 }
 
@@ -142,11 +134,7 @@ impl Cli {
                 FsyncChoice::Interval => vec![INTERVAL],
                 FsyncChoice::Both => vec![FsyncPolicy::Always, INTERVAL],
             },
-            encryption: match self.encryption {
-                EncryptionChoice::Off => vec![false],
-                EncryptionChoice::On => vec![true],
-                EncryptionChoice::Both => vec![false, true],
-            },
+            encryption: self.encryption.values(),
             probe_seconds: pick(0.2, 1.0),
             recovery_mib: self.recovery_mib.unwrap_or(if q { 128 } else { 1024 }),
             small_mib: self.small_mib.unwrap_or(if q { 16 } else { 64 }),
