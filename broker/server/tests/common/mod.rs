@@ -95,18 +95,7 @@ impl TestBroker {
     pub async fn start(dir: &Path, tweak: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
         let mut cfg = test_config(dir);
         tweak(&mut cfg);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(mesh_broker::run(cfg, listener, async move {
-            let _ = rx.await;
-        }));
-        let b = TestBroker {
-            addr,
-            dir: dir.to_path_buf(),
-            stop: Some(stop),
-            task: Some(task),
-        };
+        let b = Self::spawn(cfg).await;
         // Wait until it answers: bounded in time, and generously, since
         // many brokers start at once on a loaded 2-core machine.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -119,6 +108,25 @@ impl TestBroker {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("broker did not start within 30 s");
+    }
+
+    /// Runs `cfg` in this process on a fresh ephemeral port (its `listen`
+    /// is not used), without waiting for it to answer: the caller waits in
+    /// its own way (plaintext or TLS).
+    pub async fn spawn(cfg: BrokerConfig) -> TestBroker {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dir = cfg.data_dir.clone();
+        let (stop, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(mesh_broker::run(cfg, listener, async move {
+            let _ = rx.await;
+        }));
+        TestBroker {
+            addr,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     pub async fn try_client(&self) -> Result<Client, tonic::transport::Error> {

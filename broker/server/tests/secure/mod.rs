@@ -12,7 +12,6 @@ use std::{
 use mesh_broker::{BrokerConfig, auth::AuthMode};
 use mesh_proto::broker::v1::broker_client::BrokerClient;
 use mesh_runtime::tls::TlsConfig;
-use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 pub type Client = BrokerClient<Channel>;
@@ -76,8 +75,9 @@ pub fn demo_acl() -> PathBuf {
 /// A broker in this process, serving TLS.
 pub struct SecureBroker {
     pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), mesh_broker::BrokerError>>>,
+    /// The running broker (`common`'s in-process harness).
+    inner: crate::common::TestBroker,
+    /// Dropped last: the broker must stop before its directory goes away.
     _data: tempfile::TempDir,
 }
 
@@ -114,12 +114,8 @@ impl SecureBroker {
         let data = tempfile::tempdir().unwrap();
         let mut cfg = mtls_config(pki, data.path());
         tweak(&mut cfg);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(mesh_broker::run(cfg, listener, async move {
-            let _ = rx.await;
-        }));
+        let inner = crate::common::TestBroker::spawn(cfg).await;
+        let addr = inner.addr;
         let admin = pki.tls("admin");
         let up = mesh_test_support::eventually(Duration::from_secs(30), || {
             let admin = admin.clone();
@@ -132,8 +128,7 @@ impl SecureBroker {
         );
         SecureBroker {
             addr,
-            stop: Some(stop),
-            task: Some(task),
+            inner,
             _data: data,
         }
     }
@@ -160,16 +155,7 @@ impl SecureBroker {
         self.connect(&pki.tls(name)).await.unwrap()
     }
 
-    pub async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(10), t)
-                .await
-                .expect("broker drained in time")
-                .unwrap()
-                .unwrap();
-        }
+    pub async fn stop(self) {
+        self.inner.stop().await;
     }
 }
