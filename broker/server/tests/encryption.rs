@@ -360,3 +360,27 @@ async fn a_rotated_key_reads_old_records_and_new_ones_use_the_new_key_id() {
     stop(b, c).await;
     assert_eq!(key_ids(&data, "t"), [Some(1), Some(2)]);
 }
+
+#[test]
+fn a_key_file_others_can_read_is_warned_about() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, key, log) = (
+        tmp.path().join("data"),
+        tmp.path().join("keys"),
+        tmp.path().join("broker.log"),
+    );
+    fs::create_dir(&data).unwrap();
+    write_keys(&key, &[(1, 0x11)]);
+    let warning = "encryption key file is readable by group or others";
+    for (mode, warned) in [(0o600, false), (0o644, true)] {
+        fs::set_permissions(&key, fs::Permissions::from_mode(mode)).unwrap();
+        let _ = fs::remove_file(&log);
+        let key_s = key.display().to_string();
+        let b = BrokerProcess::spawn_logging_to(&data, &[(KEY_ENV, key_s.as_str())], &log);
+        // The check runs when the log opens, which the broker does before
+        // serving, even when SIGTERM comes first.
+        assert!(b.sigterm().success());
+        let text = fs::read_to_string(&log).unwrap();
+        assert_eq!(text.contains(warning), warned, "mode {mode:o}: {text}");
+    }
+}

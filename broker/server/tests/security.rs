@@ -452,7 +452,7 @@ async fn the_broker_refuses_to_start_without_authentication_or_with_tokens_in_pl
 }
 
 #[tokio::test]
-async fn no_token_or_key_reaches_the_log_even_at_debug_level() {
+async fn no_token_key_or_payload_reaches_the_log_even_at_debug_level() {
     let pki = Pki::new();
     let token = mesh_certs::Token::generate().unwrap();
     std::fs::write(pki.path("tokens"), format!("{}\n", token.line("billing"))).unwrap();
@@ -467,6 +467,8 @@ async fn no_token_or_key_reaches_the_log_even_at_debug_level() {
         secure::demo_acl().display().to_string(),
     );
     std::fs::create_dir(data.path().join("data")).unwrap();
+    let maddr = std::net::SocketAddr::from(([127, 0, 0, 1], common::unused_port()));
+    let metrics = maddr.to_string();
     let b = common::BrokerProcess::spawn_logging_to(
         &data.path().join("data"),
         &[
@@ -478,6 +480,7 @@ async fn no_token_or_key_reaches_the_log_even_at_debug_level() {
             ("BROKER__TOKEN_FILE", &tokens),
             ("BROKER__ACL_FILE", &acl),
             ("BROKER__AUTO_CREATE_TOPICS", "true"),
+            ("BROKER__METRICS_LISTEN", &metrics),
             ("RUST_LOG", "debug"),
         ],
         &log,
@@ -489,20 +492,32 @@ async fn no_token_or_key_reaches_the_log_even_at_debug_level() {
         .unwrap();
     let mut c = pb::broker_client::BrokerClient::new(ch);
     let wrong = mesh_certs::Token::generate().unwrap();
+    // A payload the log must not show either.
+    let payload = format!("card-{}", mesh_certs::Token::generate().unwrap().as_str());
     for t in [token.as_str(), wrong.as_str()] {
         for topic in ["payments", "orders"] {
             let mut r = tonic::Request::new(pb::PublishRequest {
                 sequence: 1,
                 topic: topic.into(),
-                events: vec![event("secret-test", "k", "x")],
+                events: vec![event("secret-test", "k", &payload)],
             });
             r.metadata_mut()
                 .insert("authorization", format!("Bearer {t}").parse().unwrap());
             let _ = c.publish_unary(r).await;
         }
     }
+    // The valid token's publish to orders was denied and counted; the
+    // wrong token's calls never got that far.
+    let samples = mesh_test_support::prometheus::scrape(maddr).unwrap();
+    let denied = mesh_test_support::prometheus::value(
+        &samples,
+        "mesh_broker_requests_denied_total",
+        &[("verb", "publish")],
+    );
+    assert_eq!(denied, 1.0);
     b.sigterm();
     let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains(&payload), "an event payload reached the log");
     assert!(
         text.contains("DEBUG") || text.contains("debug"),
         "the log is at debug level: {text}"
