@@ -3,6 +3,9 @@
 //! `__`, for example `BROKER__STORAGE__FSYNC=interval`); and the typed
 //! values they are made of.
 //!
+//! Optional paths (`opt_path`) take `""` for unset, as an environment
+//! variable can only say it.
+//!
 //! Durations are written `"30s"`, `"100ms"`, `"1h 30m"` (humantime); a
 //! bare number means milliseconds, so the old `*_ms` keys and their
 //! environment variables mean what they meant: every key ending in `_ms`
@@ -218,6 +221,18 @@ pub fn opt_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D
             "{s:?} is not an address like 0.0.0.0:9090 (or \"\" to disable)"
         ))
     })
+}
+
+/// An optional path: `""` (as an environment variable can only say)
+/// means unset.
+pub fn opt_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<std::path::PathBuf>, D::Error> {
+    let s = Option::<String>::deserialize(d)?;
+    match s {
+        None => Ok(None),
+        Some(s) if s.is_empty() => Ok(None),
+        Some(s) if s.contains('\0') => Err(de::Error::custom("a path cannot hold NUL")),
+        Some(s) => Ok(Some(std::path::PathBuf::from(s))),
+    }
 }
 
 #[cfg(test)]

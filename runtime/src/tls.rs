@@ -23,7 +23,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::{Deserialize, Deserializer, de};
+use serde::Deserialize;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
 /// Whether a server asks its clients for a certificate.
@@ -62,14 +62,14 @@ pub struct TlsConfig {
     /// CA certificate(s) trusted for the servers this process calls and,
     /// with `client_auth`, for the clients that call it. `""` or absent:
     /// TLS off.
-    #[serde(deserialize_with = "opt_path")]
+    #[serde(deserialize_with = "crate::config::opt_path")]
     pub ca: Option<PathBuf>,
     /// This process's certificate chain, presented as a server and as a
     /// client.
-    #[serde(deserialize_with = "opt_path")]
+    #[serde(deserialize_with = "crate::config::opt_path")]
     pub cert: Option<PathBuf>,
     /// The private key of `cert`.
-    #[serde(deserialize_with = "opt_path")]
+    #[serde(deserialize_with = "crate::config::opt_path")]
     pub key: Option<PathBuf>,
     /// Whether this process's own server demands client certificates;
     /// unset, the server's own default (`required` for services,
@@ -340,18 +340,6 @@ pub fn token_digest(token: &str) -> [u8; 32] {
 pub fn digest_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     use subtle::ConstantTimeEq;
     a.ct_eq(b).into()
-}
-
-/// An optional path: `""` (as an environment variable can only say)
-/// means unset.
-pub fn opt_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
-    let s = Option::<String>::deserialize(d)?;
-    match s {
-        None => Ok(None),
-        Some(s) if s.is_empty() => Ok(None),
-        Some(s) if s.contains('\0') => Err(de::Error::custom("a path cannot hold NUL")),
-        Some(s) => Ok(Some(PathBuf::from(s))),
-    }
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@ use mesh_sdk::{
     SdkError,
     config::{ServiceConfig, Validate, check_broker},
     mesh_runtime::{
-        config::{LogFormat, opt_addr},
-        tls::{TlsConfig, opt_path},
+        config::{LogFormat, opt_addr, opt_path},
+        tls::TlsConfig,
     },
 };
 use serde::Deserialize;

@@ -12,7 +12,7 @@ use std::{
 
 use mesh_runtime::{
     config::{self as rc, LogFormat},
-    tls::{TlsConfig, opt_path},
+    tls::TlsConfig,
 };
 use serde::de::DeserializeOwned;
 
@@ -146,7 +146,7 @@ pub struct BasicConfig {
     /// own server (when `cert` is set).
     pub tls: TlsConfig,
     /// This service's bearer token, for a broker with auth = "token".
-    #[serde(deserialize_with = "opt_path")]
+    #[serde(deserialize_with = "rc::opt_path")]
     pub token_file: Option<PathBuf>,
 }
 

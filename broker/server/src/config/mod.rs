@@ -8,7 +8,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use mesh_log::{FsyncPolicy, LogConfig, TopicConfig};
 use mesh_runtime::{
     config::{self as rc, LogFormat},
-    tls::{ClientAuth, TlsConfig, opt_path},
+    tls::{ClientAuth, TlsConfig},
 };
 
 /// The broker's `tls.client_auth` when unset.
@@ -129,11 +129,11 @@ pub struct BrokerConfig {
     /// (health checks stay open).
     pub tls: TlsConfig,
     /// With auth = "token": each principal and the SHA-256 of its token.
-    #[serde(deserialize_with = "opt_path")]
+    #[serde(deserialize_with = "rc::opt_path")]
     pub token_file: Option<PathBuf>,
     /// Who may do what (`[[grant]]` entries, see `auth::acl`); unset, every
     /// call but health checks is denied (unless auth = "none").
-    #[serde(deserialize_with = "opt_path")]
+    #[serde(deserialize_with = "rc::opt_path")]
     pub acl_file: Option<PathBuf>,
     /// Serve gRPC server reflection: the API's schema (no data), so that
     /// grpcurl needs no .proto files. Off hides the schema.
@@ -177,7 +177,7 @@ pub struct StorageConfig {
     /// records. A path and never the key itself, so the key stays out of
     /// config files, the environment's listing and command lines; `""` or
     /// absent stores events in plaintext.
-    #[serde(deserialize_with = "opt_path")]
+    #[serde(deserialize_with = "rc::opt_path")]
     pub encryption_key_file: Option<PathBuf>,
 }
 
