@@ -75,6 +75,11 @@ pub enum LogError {
     #[error("invalid configuration: {0}")]
     Config(String),
 
+    /// A remote storage backend (NATS JetStream) failed or did not answer
+    /// in time: worth retrying, the servers may be electing a leader.
+    #[error("storage backend {op} failed: {reason}")]
+    Backend { op: &'static str, reason: String },
+
     /// A blocking storage task panicked or was cancelled before it
     /// answered (a bug or a shutdown, not bad input).
     #[error("storage task {op} failed: {source}")]

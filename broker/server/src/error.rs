@@ -129,8 +129,11 @@ fn log_code(e: &LogError) -> Code {
         LogError::OffsetTruncated { .. } | LogError::OffsetBeyondHead { .. } => Code::OutOfRange,
         LogError::OffsetRegression { .. } => Code::FailedPrecondition,
         LogError::Corrupt { .. } => Code::DataLoss,
-        // Both clear up when the broker restarts; clients should retry.
-        LogError::Poisoned { .. } | LogError::Closed(_) => Code::Unavailable,
+        // They clear up when the broker restarts or the NATS cluster has
+        // elected a leader again; clients should retry.
+        LogError::Poisoned { .. } | LogError::Closed(_) | LogError::Backend { .. } => {
+            Code::Unavailable
+        }
         LogError::Io { .. }
         | LogError::Config(_)
         | LogError::Background { .. }

@@ -14,11 +14,27 @@ use tonic::{
 
 use crate::{
     auth::{Auth, AuthMode},
-    config::BrokerConfig,
+    config::{Backend, BrokerConfig},
     error::Result,
     service::GrpcService,
     state::Shared,
 };
+
+/// The configured backend, opened: the embedded log in `data_dir`, or the
+/// JetStream cluster.
+async fn open_storage(cfg: &BrokerConfig) -> Result<Arc<dyn Storage>> {
+    Ok(match cfg.storage.backend {
+        Backend::Log => {
+            let (dir, log_cfg) = (cfg.data_dir.clone(), cfg.log_config());
+            let storage =
+                tokio::task::spawn_blocking(move || LocalStorage::open(&dir, log_cfg)).await??;
+            Arc::new(storage)
+        }
+        Backend::Jetstream => {
+            Arc::new(mesh_jetstream::JetStreamStorage::open(cfg.jetstream_options()).await?)
+        }
+    })
+}
 
 /// Runs the broker on `listener` until `shutdown` resolves, then drains:
 /// stops taking work, answers and syncs the appends in flight, ends
@@ -40,9 +56,7 @@ pub async fn run(
     // Before the storage opens, so its fsyncs are measured from the start.
     crate::metrics::install(cfg.metrics_listen, auth.mode() == AuthMode::None)?;
     let cfg = Arc::new(cfg);
-    let (dir, log_cfg) = (cfg.data_dir.clone(), cfg.log_config());
-    let storage = tokio::task::spawn_blocking(move || LocalStorage::open(&dir, log_cfg)).await??;
-    let storage: Arc<dyn Storage> = Arc::new(storage);
+    let storage = open_storage(&cfg).await?;
     for t in &cfg.topics {
         match storage
             .create_topic(&t.name, cfg.topic_spec_config(t))

@@ -15,8 +15,10 @@ use mesh_runtime::{
 pub const BROKER_CLIENT_AUTH: ClientAuth = ClientAuth::Optional;
 use serde::Deserialize;
 
+mod backend;
 mod limits;
 
+pub use backend::{Backend, JetStreamConfig, NatsTlsConfig};
 pub use limits::LimitsConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +142,8 @@ pub struct BrokerConfig {
     pub reflection: bool,
     /// How the log stores and syncs (`[storage]`).
     pub storage: StorageConfig,
+    /// The NATS JetStream cluster, with `storage.backend = "jetstream"`.
+    pub jetstream: JetStreamConfig,
     /// What one request, stream or group may hold (`[limits]`).
     pub limits: LimitsConfig,
     /// Acks, redelivery and liveness of subscribers (`[delivery]`).
@@ -153,7 +157,11 @@ pub struct BrokerConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// When an append counts as durable.
+    /// Where topics and group positions live: "log" (the embedded log in
+    /// `data_dir`) or "jetstream" (a NATS JetStream cluster, `[jetstream]`).
+    pub backend: Backend,
+    /// When an append counts as durable (the embedded log; JetStream syncs
+    /// as its servers' `sync_interval` says).
     pub fsync: Fsync,
     /// With `fsync = "interval"`, how often the log syncs.
     #[serde(deserialize_with = "rc::duration")]
@@ -255,6 +263,7 @@ impl Default for BrokerConfig {
             acl_file: None,
             reflection: true,
             storage: StorageConfig::default(),
+            jetstream: JetStreamConfig::default(),
             limits: LimitsConfig::default(),
             delivery: DeliveryConfig::default(),
             topic_defaults: TopicDefaults::default(),
@@ -267,6 +276,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         let l = LogConfig::default();
         StorageConfig {
+            backend: Backend::Log,
             fsync: Fsync::Always,
             fsync_interval: Duration::from_millis(100),
             segment_bytes: l.segment_bytes,
@@ -357,6 +367,7 @@ impl BrokerConfig {
             );
         }
         self.limits.validate()?;
+        self.validate_backend()?;
         for (i, t) in self.topics.iter().enumerate() {
             if let Err(e) = mesh_log::names::validate("topic", &t.name) {
                 return invalid("topics", format!("entry {i}: {e}"));
