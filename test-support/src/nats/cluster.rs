@@ -19,6 +19,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const START_ATTEMPTS: usize = 3;
 /// Log lines of each node quoted in a panic message.
 const TAIL_LINES: usize = 20;
+/// What nats-server logs for each failed `/healthz` poll: left out of the
+/// tails in panic messages, where it would crowd out the lines that say why
+/// (the message already quotes the last health error).
+const HEALTHCHECK_NOISE: &str = "Healthcheck failed";
 
 /// A running JetStream cluster; dropping it kills every node and removes its
 /// files.
@@ -144,7 +148,10 @@ impl NatsCluster {
         let mut views = Vec::new();
         for node in self.nodes.iter().filter(|n| n.is_running()) {
             if let Some(status) = node.exited() {
-                let (name, tail) = (node.name.clone(), node.log_tail(TAIL_LINES));
+                let (name, tail) = (
+                    node.name.clone(),
+                    node.log_tail_without(TAIL_LINES, Some(HEALTHCHECK_NOISE)),
+                );
                 return Err(if node.port_was_taken() {
                     StartError::PortTaken { name, tail }
                 } else {
@@ -315,12 +322,17 @@ impl NatsCluster {
     fn log_tails(&self) -> String {
         let mut out = String::new();
         for node in &self.nodes {
+            let state = if node.is_running() {
+                "running"
+            } else {
+                "killed"
+            };
             let _ = write!(
                 out,
-                "--- {} ({}), last {TAIL_LINES} lines:\n{}\n",
+                "--- {} ({state}, {}), last {TAIL_LINES} lines but the health checks:\n{}\n",
                 node.name,
                 node.log_path().display(),
-                node.log_tail(TAIL_LINES)
+                node.log_tail_without(TAIL_LINES, Some(HEALTHCHECK_NOISE))
             );
         }
         out

@@ -115,12 +115,21 @@ impl Node {
         std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains("address already in use"))
     }
 
-    /// The last `lines` lines of the node's log, for panic messages.
+    /// The last `lines` lines of the node's log.
     pub fn log_tail(&self, lines: usize) -> String {
+        self.log_tail_without(lines, None)
+    }
+
+    /// The last `lines` lines of the node's log, leaving out lines that
+    /// contain `noise`.
+    pub fn log_tail_without(&self, lines: usize, noise: Option<&str>) -> String {
         match std::fs::read_to_string(&self.log) {
             Ok(text) => {
-                let all: Vec<&str> = text.lines().collect();
-                all[all.len().saturating_sub(lines)..].join("\n")
+                let kept: Vec<&str> = text
+                    .lines()
+                    .filter(|l| noise.is_none_or(|n| !l.contains(n)))
+                    .collect();
+                kept[kept.len().saturating_sub(lines)..].join("\n")
             }
             Err(e) => format!("(no log at {}: {e})", self.log.display()),
         }
