@@ -8,17 +8,25 @@
 #    Kubernetes $K8S_VERSION (default 1.30) JSON schemas, strictly (an
 #    unknown field, a wrong type or an unknown kind fails), plus what a
 #    schema cannot see: references between the objects, the security
-#    context, and the broker's ConfigMap against deploy/mesh/
-#    (validate/check_manifests.py says what exactly);
+#    context, the broker's ConfigMap against deploy/mesh/, and nats.conf
+#    by nats-server itself (validate/check_manifests.py says what exactly);
 # 3. when kubectl is on PATH, renders the kustomization (`kubectl
-#    kustomize`, what `kubectl apply -k` sends) and checks that too;
+#    kustomize`, what `kubectl apply -k` sends) and the Secret of
+#    certs-secret.sh, and checks those too;
 # 4. self-check: feeds the checker copies of the manifests with one defect
 #    each (a misspelt field, wrong types, a misspelt kind, a mount of a
-#    missing volume, another process's key) and fails unless each one is
-#    rejected for that defect.
+#    missing volume, another process's key, a misspelt or bad NATS setting)
+#    and fails unless each one is rejected for that defect.
 #
-# Steps 2-4 run in a network namespace of their own when `unshare --net`
-# works (as root, e.g. in CI): proof that the validator needs no network.
+# 5. runs the three NATS servers of nats.yaml's config locally and checks
+#    that they form one JetStream cluster that answers the probes, keeps an
+#    R3 stream writable with one server down, and that the preStop
+#    lame-duck command stops a server (validate/nats_cluster.py).
+#
+# Steps 2-5 run in a network namespace of their own when `unshare --net`
+# works (as root, e.g. in CI): proof that the checks need no network. Only
+# step 1's first run reaches PyPI. Steps 3 and 5 are skipped, saying so,
+# without kubectl or root.
 # Usage: deploy/k8s/validate.sh   (from anywhere; K8S_VERSION=1.31 to change)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -56,7 +64,8 @@ if unshare --net true 2>/dev/null; then
 else
   echo "== unshare --net is not available here (not root?): checks run with the network as it is"
 fi
-check() { "${offline[@]}" python3 -s "$checker" --kubernetes-version "$K8S_VERSION" "$@"; }
+nats_server="$PWD/$tools/bin/nats-server"
+check() { "${offline[@]}" python3 -s "$checker" --kubernetes-version "$K8S_VERSION" --nats-server "$nats_server" "$@"; }
 
 # ---- 2. the manifests as written
 echo "== deploy/k8s against Kubernetes $K8S_VERSION (strict), references, deploy/mesh copies"
@@ -65,12 +74,20 @@ check --kustomization "$k8s/kustomization.yaml" --mesh-dir deploy/mesh "${manife
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# ---- 3. the kustomization as kubectl renders it
+# ---- 3. the kustomization as kubectl renders it, with the Secret of certs-secret.sh
 if command -v kubectl >/dev/null; then
-  echo "== kubectl kustomize $k8s (what kubectl apply -k applies)"
+  echo "== kubectl kustomize $k8s (what kubectl apply -k applies) and certs-secret.sh's Secret"
   "${offline[@]}" kubectl kustomize "$k8s" >"$work/rendered.yaml"
-  check --mesh-dir deploy/mesh "$work/rendered.yaml"
-  rendered="rendered by kubectl kustomize and checked"
+  # Stand-ins for the files of `mesh-certs dev`, all of them (the script
+  # must pick the right ones); the checker sees only the Secret's keys.
+  mkdir "$work/certs"
+  for f in ca admin broker orders billing shipping analytics notifications console; do
+    echo "stand-in" >"$work/certs/$f.crt" && echo "stand-in" >"$work/certs/$f.key"
+  done
+  echo "stand-in" >"$work/certs/log.key"
+  "${offline[@]}" "$k8s/certs-secret.sh" "$work/certs" >"$work/secret.yaml"
+  check --mesh-dir deploy/mesh "$work/rendered.yaml" "$work/secret.yaml"
+  rendered="rendered by kubectl kustomize and checked with certs-secret.sh's Secret"
 else
   echo "== SKIPPED: kubectl kustomize (no kubectl on PATH); the files were checked one by one above"
   rendered="SKIPPED (no kubectl)"
@@ -86,6 +103,8 @@ cases=(
   "orders.yaml|s/^kind: Deployment/kind: Deplyment/|no schema: Couldn't find schema for kind Deplyment"
   "billing.yaml|s/^            - name: certs$/            - name: cert/|volumeMount 'cert' names no volume of the pod"
   "shipping.yaml|s/key: shipping.key/key: broker.key/|mounts ['broker.key'] of Secret mesh-certs"
+  "nats.yaml|s/sync_interval: always/sync_intervall: always/|unknown field \"sync_intervall\""
+  "nats.yaml|s/max_payload: 8MB/max_payload: 8 megabytes/|nats.conf refused by nats-server"
 )
 echo "== self-check: ${#cases[@]} broken manifests must each be rejected"
 rejected=0
@@ -112,4 +131,17 @@ for case in "${cases[@]}"; do
   rejected=$((rejected + 1))
 done
 
-echo "k8s manifests: ${#manifests[@]} files valid for Kubernetes $K8S_VERSION (strict); kustomization $rendered; self-check $rejected of ${#cases[@]} broken copies rejected"
+# ---- 5. the NATS servers of nats.yaml, run: three of them on this host in
+# namespaces of their own, where /etc/hosts gives the pods' names.
+if unshare --mount --net true 2>/dev/null; then
+  echo "== the 3 NATS servers of nats.yaml, run locally (validate/nats_cluster.py)"
+  printf '127.0.0.1 localhost\n127.0.0.10 nats-0.nats\n127.0.0.11 nats-1.nats\n127.0.0.12 nats-2.nats\n' >"$work/hosts"
+  unshare --mount --net sh -c 'ip link set lo up && mount --bind "$1" /etc/hosts && shift && exec "$@"' sh \
+    "$work/hosts" python3 -s "$k8s/validate/nats_cluster.py" "$nats_server" "$k8s/nats.yaml"
+  cluster="run as a 3-server cluster and checked"
+else
+  echo "== SKIPPED: running nats.yaml's servers (needs unshare --mount --net, i.e. root)"
+  cluster="SKIPPED (not root)"
+fi
+
+echo "k8s manifests: ${#manifests[@]} files valid for Kubernetes $K8S_VERSION (strict); kustomization $rendered; self-check $rejected of ${#cases[@]} broken copies rejected; nats.conf $cluster"

@@ -22,17 +22,25 @@ other, so on top of it, over all FILEs together:
 - every Service, PodDisruptionBudget and NetworkPolicy selects some pod
   template, a Service's named target ports exist there, and every
   ConfigMap a pod mounts is among the FILEs;
+- a Secret among the FILEs holds every key the pods mount from it, and
+  mesh-certs none of ca.key, admin.key and log.key;
 - with --mesh-dir, the ConfigMap broker-config holds deploy/mesh's
   broker.toml and acl.toml byte for byte;
 - with --kustomization, its `resources` name exactly the other *.yaml
-  files of its folder.
+  files of its folder;
+- with --nats-server BIN, the ConfigMap nats-config's nats.conf passes
+  `BIN -t` (nats-server's own strict check: an unknown key or a bad value
+  fails), and BIN is the version of the StatefulSet's nats image.
 
 Prints one line per object and per failure; exits 1 if anything failed.
 """
 
 import argparse
+import os
 import pathlib
+import subprocess
 import sys
+import tempfile
 
 import kubernetes_validate
 import yaml
@@ -41,6 +49,9 @@ NAMESPACE = "mesh"
 CLUSTER_SCOPED = {"Namespace"}
 WORKLOADS = {"Deployment", "StatefulSet"}
 CERTS_SECRET = "mesh-certs"
+# Files of `mesh-certs dev` that no pod may get: the CA's key, the human
+# operator's key, the file log's at-rest key.
+NEVER_IN_SECRET = {"ca.key", "admin.key", "log.key"}
 
 
 class Checker:
@@ -84,6 +95,8 @@ class Checker:
         seen = set()
         pods = []  # (where, pod template labels, pod spec, claim template names)
         configmaps = set()
+        # Secret name -> its keys, for the Secrets among the FILEs.
+        secrets = {}
         for path, obj in self.objects:
             kind, meta = obj["kind"], obj.get("metadata") or {}
             where = f"{path} {where_of(obj)}"
@@ -96,6 +109,11 @@ class Checker:
             seen.add(key)
             if kind == "ConfigMap":
                 configmaps.add(meta.get("name"))
+            if kind == "Secret":
+                keys = set(obj.get("data") or {}) | set(obj.get("stringData") or {})
+                secrets[meta.get("name")] = keys
+                if meta.get("name") == CERTS_SECRET and keys & NEVER_IN_SECRET:
+                    self.fail(where, f"holds {sorted(keys & NEVER_IN_SECRET)}, which no pod may get")
             if kind in WORKLOADS:
                 template = obj.get("spec", {}).get("template", {})
                 labels = (template.get("metadata") or {}).get("labels") or {}
@@ -105,7 +123,7 @@ class Checker:
                 if not selector or not subset(selector, labels):
                     self.fail(where, f"selector {selector} does not select its pod template {labels}")
         for where, _, spec, claims in pods:
-            self.pod(where, spec, claims, configmaps)
+            self.pod(where, spec, claims, configmaps, secrets)
         for path, obj in self.objects:
             kind = obj["kind"]
             where = f"{path} {where_of(obj)}"
@@ -128,7 +146,7 @@ class Checker:
                     if isinstance(target, str) and target not in named:
                         self.fail(where, f"targetPort {target!r} is no port of the pods it selects")
 
-    def pod(self, where, spec, claims, configmaps):
+    def pod(self, where, spec, claims, configmaps, secrets):
         sc = spec.get("securityContext") or {}
         if sc.get("runAsNonRoot") is not True:
             self.fail(where, "pod securityContext.runAsNonRoot is not true")
@@ -139,6 +157,11 @@ class Checker:
             cm = (v.get("configMap") or {}).get("name")
             if cm is not None and cm not in configmaps:
                 self.fail(where, f"volume {v.get('name')!r} mounts ConfigMap {cm!r}, which no file defines")
+            secret = v.get("secret") or {}
+            if secret.get("secretName") in secrets:
+                missing = {i.get("key") for i in secret.get("items") or []} - secrets[secret["secretName"]]
+                if missing:
+                    self.fail(where, f"volume {v.get('name')!r} mounts {sorted(missing)}, which Secret {secret['secretName']!r} lacks")
         for c in spec.get("containers", []):
             cw = f"{where} container {c.get('name')}"
             csc = c.get("securityContext") or {}
@@ -203,6 +226,34 @@ class Checker:
         if not found:
             self.fail(mesh_dir, "no ConfigMap broker-config to compare with")
 
+    def nats(self, binary):
+        version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip()
+        found = False
+        for path, obj in self.objects:
+            kind, name = obj["kind"], (obj.get("metadata") or {}).get("name")
+            if kind == "StatefulSet" and name == "nats":
+                for c in obj["spec"]["template"]["spec"].get("containers", []):
+                    tag = c.get("image", "").rpartition(":")[2]
+                    if not version.startswith(f"nats-server: v{tag}"):
+                        self.fail(f"{path} statefulset/nats", f"image {c.get('image')} is not {version} of the config check")
+            if kind != "ConfigMap" or name != "nats-config":
+                continue
+            found = True
+            where = f"{path} configmap/nats-config"
+            with tempfile.TemporaryDirectory() as tmp:
+                conf = pathlib.Path(tmp) / "nats.conf"
+                conf.write_text((obj.get("data") or {}).get("nats.conf", ""))
+                # The pod's environment: server_name is $POD_NAME.
+                env = dict(os.environ, POD_NAME="nats-0")
+                r = subprocess.run([binary, "-t", "-c", str(conf)], capture_output=True, text=True, env=env)
+            out = (r.stdout + r.stderr).strip().replace(str(conf), "nats.conf")
+            if r.returncode != 0:
+                self.fail(where, f"nats.conf refused by {version}: {out}")
+            else:
+                print(f"ok   {where}: nats.conf passes {version} -t")
+        if not found:
+            self.fail(binary, "no ConfigMap nats-config to check")
+
     def kustomization(self, path):
         k = yaml.safe_load(pathlib.Path(path).read_text()) or {}
         listed = list(k.get("resources") or [])
@@ -227,6 +278,7 @@ def main():
     p.add_argument("--kubernetes-version", required=True)
     p.add_argument("--kustomization")
     p.add_argument("--mesh-dir")
+    p.add_argument("--nats-server")
     p.add_argument("files", nargs="+")
     args = p.parse_args()
     checker = Checker()
@@ -238,6 +290,8 @@ def main():
         checker.drift(args.mesh_dir)
     if args.kustomization:
         checker.kustomization(args.kustomization)
+    if args.nats_server:
+        checker.nats(args.nats_server)
     print(f"{len(checker.objects)} objects, {len(checker.failures)} failures")
     return 1 if checker.failures else 0
 
