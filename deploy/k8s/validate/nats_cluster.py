@@ -134,7 +134,7 @@ def main():
     for needle in ("0.0.0.0", "store_dir: /data", "pid_file: /var/run/nats/nats.pid"):
         if needle not in conf:
             raise SystemExit(f"nats_cluster.py: nats.conf has no {needle!r} to adapt; update this script")
-    work = pathlib.Path(tempfile.mkdtemp(prefix="nats-cluster."))
+    work = pathlib.Path(tempfile.mkdtemp(prefix="k8s-validate-nats."))
     procs = {}
     try:
         for name, ip in ADDRS.items():
