@@ -81,8 +81,12 @@ def tls_args(as_whom="admin"):
 DECLINE_OVER = 100_000
 
 
+# What log() lines start with; deploy/compose_cluster_e2e.py sets its own.
+LOG_TAG = "compose-e2e"
+
+
 def log(msg):
-    print(f"[compose-e2e {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    print(f"[{LOG_TAG} {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def dc(*args, check=True, capture=False, timeout=900):
@@ -97,13 +101,25 @@ def container(service):
     return dc("ps", "-q", service, capture=True).strip()
 
 
+def containers(service):
+    """Every container of `service` (more than one when it is scaled)."""
+    return dc("ps", "-q", service, capture=True).split()
+
+
+def address(service):
+    """host:port of `service`'s gRPC port for grpcurl. The fixed ports of
+    this scenario; deploy/compose_cluster_e2e.py replaces it with one that
+    looks up ephemeral ports."""
+    return f"localhost:{PORTS[service]}"
+
+
 def inspect(service, fmt):
     cid = container(service)
     return subprocess.run(["docker", "inspect", "-f", fmt, cid], text=True, capture_output=True, check=True).stdout.strip()
 
 
 def grpcurl(service, method, data, timeout=60, as_whom="admin"):
-    cmd = ["grpcurl", *tls_args(as_whom), "-max-time", str(timeout), "-d", json.dumps(data), f"localhost:{PORTS[service]}", method]
+    cmd = ["grpcurl", *tls_args(as_whom), "-max-time", str(timeout), "-d", json.dumps(data), address(service), method]
     r = subprocess.run(cmd, text=True, capture_output=True, timeout=timeout + 10)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {r.stdout}{r.stderr}")
@@ -159,9 +175,15 @@ def billed_by_order():
 
 def payments_by_order(seconds):
     """Payment events per order, as read from the log for `seconds`."""
+    return events_by_order("payments", seconds)
+
+
+def events_by_order(topic, seconds):
+    """Events of `topic` per order (their subject), as read from the log
+    for `seconds` without a group."""
     out = subprocess.run(["grpcurl", *tls_args(), "-max-time", str(seconds), "-d",
-                          json.dumps({"open": {"topic": "payments", "auto_ack": True, "start": {"earliest": {}}}}),
-                          f"localhost:{PORTS['broker']}", "mesh.broker.v1.Broker/Subscribe"],
+                          json.dumps({"open": {"topic": topic, "auto_ack": True, "start": {"earliest": {}}}}),
+                          address("broker"), "mesh.broker.v1.Broker/Subscribe"],
                          text=True, capture_output=True).stdout
     counts = {}
     for s in re.findall(r'"subject": "(ord-[0-9a-f]+)"', out):
@@ -351,19 +373,29 @@ def main():
         log("PASS")
         return 0
     except Exception:
-        for s in PORTS:
-            print(f"==== logs: {s}", flush=True)
-            dc("logs", "--tail", "40", s, check=False)
+        dump_logs(PORTS)
         raise
     finally:
-        dc("down", "-v", "--remove-orphans", check=False)
-        left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={PROJECT}"],
-                              text=True, capture_output=True).stdout.strip()
-        vols = subprocess.run(["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"],
-                              text=True, capture_output=True).stdout.strip()
-        if left or vols:
-            print(f"left behind: containers {left!r} volumes {vols!r}", flush=True)
-            sys.exit(1)
+        teardown()
+
+
+def dump_logs(services, lines=40):
+    """The last `lines` of each service's log, after a failure."""
+    for s in services:
+        print(f"==== logs: {s}", flush=True)
+        dc("logs", "--tail", str(lines), s, check=False)
+
+
+def teardown():
+    """`down -v`, then fails unless nothing of the project is left."""
+    dc("down", "-v", "--remove-orphans", check=False)
+    left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={PROJECT}"],
+                          text=True, capture_output=True).stdout.strip()
+    vols = subprocess.run(["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"],
+                          text=True, capture_output=True).stdout.strip()
+    if left or vols:
+        print(f"left behind: containers {left!r} volumes {vols!r}", flush=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
