@@ -4,9 +4,7 @@
 //! PAID → SHIPPED, or to CANCELLED, publishing OrderStatusChanged.
 //!
 //! State is rebuilt from the `orders` topic at start (every order and
-//! status change is an event there), so nothing else needs to be stored,
-//! and the topic is followed after that, so replicas of this service share
-//! one order book.
+//! status change is an event there), so nothing else needs to be stored.
 //!
 //! - [`book`]: the in-memory order book.
 //! - [`validate`]: PlaceOrder input checks.
@@ -40,19 +38,6 @@ pub const DEFAULTS: &[(&str, &str)] = &[
 pub const SOURCE: &str = "/services/orders";
 pub const GROUP: &str = "orders";
 
-/// Applies one event of the `orders` topic to the book: replayed at start,
-/// then followed.
-fn apply(book: &Mutex<book::Book>, d: &mesh_sdk::Delivered) {
-    let mut book = book.lock().expect("book lock");
-    if let Ok(e) = d.decode::<OrderPlaced>() {
-        if let Some(o) = e.order {
-            book.placed(o);
-        }
-    } else if let Ok(e) = d.decode::<OrderStatusChanged>() {
-        book.advance(&e.order_id, e.status(), &e.reason);
-    }
-}
-
 pub async fn run(
     cfg: Config,
     listener: TcpListener,
@@ -62,26 +47,21 @@ pub async fn run(
     mesh_sdk::ensure_topics(&broker, &["orders", "payments", "shipments"], &shutdown).await?;
     let book = Arc::new(Mutex::new(book::Book::default()));
     let b = book.clone();
-    let next = tail::replay(&broker, "orders", &shutdown, move |d| apply(&b, &d)).await?;
+    let next = tail::replay(&broker, "orders", &shutdown, move |d| {
+        let mut book = b.lock().expect("book lock");
+        if let Ok(e) = d.decode::<OrderPlaced>() {
+            if let Some(o) = e.order {
+                book.placed(o);
+            }
+        } else if let Ok(e) = d.decode::<OrderStatusChanged>() {
+            book.advance(&e.order_id, e.status(), &e.reason);
+        }
+    })
+    .await?;
     tracing::info!(events = next, "order book rebuilt from the orders topic");
 
     let producer = Producer::new(&broker, SOURCE)?;
     let mut consumers = Vec::new();
-    // Keep following `orders` after the replay: with several replicas of
-    // this service, an order placed on (or moved along by) another replica
-    // reaches this one's book this way. Our own events come back too, which
-    // the book ignores (it only moves forward).
-    let (b, tb, stop) = (book.clone(), broker.clone(), shutdown.clone());
-    consumers.push(tokio::spawn(async move {
-        tail::tail(&tb, "orders", next, &stop, move |e| {
-            if let tail::TailEvent::Event(d) = e {
-                apply(&b, &d);
-            }
-            true
-        })
-        .await
-        .map(|_| ())
-    }));
     for topic in [
         mesh_proto::billing::v1::PaymentAuthorized::TOPIC,
         mesh_proto::shipping::v1::ShipmentScheduled::TOPIC,
