@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use async_nats::{Client, ConnectOptions, ServerAddr};
+use async_nats::{Client, ConnectOptions};
 
 use crate::Options;
 use mesh_log::{LogError, Result};
@@ -18,9 +18,8 @@ pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 11, 0);
 /// version and that JetStream is enabled for this account.
 pub async fn connect(opts: &Options) -> Result<(Client, async_nats::jetstream::Context)> {
     let deadline = Instant::now() + opts.connect_timeout;
-    let addrs = server_addrs(&opts.servers)?;
     let client = loop {
-        match options(opts)?.connect(addrs.as_slice()).await {
+        match options(opts)?.connect(opts.servers.as_str()).await {
             Ok(c) => break c,
             Err(e) if Instant::now() < deadline => {
                 tracing::info!(servers = %opts.servers, error = %e, "NATS not reachable yet; retrying");
@@ -50,22 +49,6 @@ pub async fn connect(opts: &Options) -> Result<(Client, async_nats::jetstream::C
     })?;
     tracing::info!(servers = %opts.servers, server_version = %version, "connected to NATS JetStream");
     Ok((client, js))
-}
-
-/// `servers` is a comma-separated list; async-nats parses a `&str` as one
-/// URL only (`nats://a:4222,nats://b:4222` would be "invalid port number").
-fn server_addrs(servers: &str) -> Result<Vec<ServerAddr>> {
-    servers
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<ServerAddr>().map_err(|e| LogError::Backend {
-                op: "connect",
-                reason: format!("NATS server URL {s:?} in {servers:?}: {e}"),
-            })
-        })
-        .collect()
 }
 
 fn options(opts: &Options) -> Result<ConnectOptions> {
@@ -122,17 +105,5 @@ mod tests {
         let e = check_version("2.9.10").unwrap_err().to_string();
         assert!(e.contains("2.9.10") && e.contains("2.11.0"), "{e}");
         assert!(check_version("garbage").is_err());
-    }
-
-    #[test]
-    fn every_server_of_a_comma_separated_list_is_used() {
-        let a = server_addrs("nats://nats-1:4222, nats://nats-2:4222,nats://nats-3:4222").unwrap();
-        assert_eq!(a.len(), 3);
-        assert_eq!(a[1].host(), "nats-2");
-        assert_eq!(server_addrs("nats://127.0.0.1:4222").unwrap().len(), 1);
-        let e = server_addrs("nats://a:4222,nats://b:notaport")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("nats://b:notaport"), "{e}");
     }
 }
