@@ -99,14 +99,11 @@ impl JetStreamStorage {
         })
     }
 
-    /// The NATS connection (the broker's group leases use it too).
-    pub fn client(&self) -> Client {
-        self.inner.client.clone()
-    }
-
-    /// The JetStream context.
-    pub fn jetstream(&self) -> jetstream::Context {
-        self.inner.js.clone()
+    /// Opens this mesh's group leases (`<namespace>-leases`), replicated
+    /// like its streams.
+    pub async fn leases(&self, ttl: std::time::Duration) -> Result<crate::lease::Leases> {
+        let i = &self.inner;
+        crate::lease::Leases::open(&i.js, i.names.leases_bucket(), i.opts.replicas, ttl).await
     }
 }
 
