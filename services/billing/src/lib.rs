@@ -52,7 +52,7 @@ pub async fn run(
     let broker = cfg.broker()?;
     mesh_sdk::ensure_topics(&broker, &["orders", "payments"], &shutdown).await?;
     let ledger = Arc::new(Mutex::new(ledger::Ledger::default()));
-    let (payments, follower) = View::follow(
+    let (payments, ledger_task) = View::follow(
         &broker,
         PaymentAuthorized::TOPIC,
         ledger.clone(),
@@ -91,7 +91,7 @@ pub async fn run(
         listener,
         &cfg.tls,
         shutdown,
-        vec![consumer, follower],
+        vec![consumer, ledger_task],
     )
     .await
 }

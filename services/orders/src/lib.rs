@@ -49,7 +49,7 @@ pub async fn run(
     let broker = cfg.broker()?;
     mesh_sdk::ensure_topics(&broker, &["orders", "payments", "shipments"], &shutdown).await?;
     let book = Arc::new(Mutex::new(book::Book::default()));
-    let (orders, follower) = View::follow(
+    let (orders, book_task) = View::follow(
         &broker,
         OrderPlaced::TOPIC,
         book.clone(),
@@ -90,7 +90,7 @@ pub async fn run(
         ));
     }
 
-    consumers.push(follower);
+    consumers.push(book_task);
     let api = api::OrdersApi {
         book,
         orders,
