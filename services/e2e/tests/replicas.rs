@@ -407,3 +407,92 @@ async fn an_order_redelivered_past_the_dedupe_window_to_the_other_replica_is_not
     let shipments = count_by_subject(&b, "shipments", SHIPPED).await;
     assert!(shipped_once(&shipments), "shipments: {shipments:?}");
 }
+
+/// Whether `group` has consumed all of `topic`.
+async fn group_done(m: &Mesh, topic: &str, group: &str) -> bool {
+    let mut admin = m.broker_client().await;
+    let head = admin
+        .describe_topic(DescribeTopicRequest { name: topic.into() })
+        .await
+        .map(|t| t.into_inner().head_offset);
+    let g = admin
+        .describe_group(DescribeGroupRequest {
+            topic: topic.into(),
+            group: group.into(),
+        })
+        .await
+        .map(|g| g.into_inner());
+    matches!((head, g), (Ok(h), Ok(g)) if g.committed_offset == h && g.in_flight == 0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_payment_of_an_order_changes_nothing_on_any_replica() {
+    let mut m = Mesh::new();
+    start_replicas(&mut m, &["orders", "billing", "shipping", "analytics"]);
+    // One order authorized, one declined (amount(4) is over the limit).
+    let placed = place_alternating(&m, "second", 5).await;
+    let ids: Vec<String> = placed.iter().map(|(id, _)| id.clone()).collect();
+    let before = eventually_some(LONG, || async {
+        let (a, b) = (answers(&m, 0, &ids).await, answers(&m, 1, &ids).await);
+        (settled(&a, &placed) && a == b).then_some(a)
+    })
+    .await
+    .unwrap_or_else(|| panic!("the orders did not settle:\n{}", m.logs()));
+
+    // What a payment stored twice past the dedupe window, with the other
+    // outcome, would look like: a declined copy of an authorized order's
+    // payment, and an authorized copy of the declined order's.
+    let producer = mesh_sdk::Producer::new(&m.link(), "/e2e").unwrap();
+    let (paid, declined) = (&ids[0], &ids[4]);
+    let invoice = |id: &String| {
+        let i = ids.iter().position(|x| x == id).unwrap();
+        before.invoices[i].clone().unwrap()
+    };
+    let mut flipped = invoice(paid);
+    flipped.authorized = false;
+    producer
+        .publish_event(
+            "second/declined",
+            paid,
+            &mesh_proto::billing::v1::PaymentDeclined {
+                invoice: Some(flipped),
+            },
+        )
+        .await
+        .unwrap();
+    let mut flipped = invoice(declined);
+    flipped.authorized = true;
+    flipped.decline_reason.clear();
+    producer
+        .publish_event(
+            "second/authorized",
+            declined,
+            &mesh_proto::billing::v1::PaymentAuthorized {
+                invoice: Some(flipped),
+            },
+        )
+        .await
+        .unwrap();
+
+    // Once shipping and orders have handled both copies and analytics has
+    // read them, every replica still answers as before.
+    let after = eventually_some(LONG, || async {
+        let done = group_done(&m, "payments", "shipping").await
+            && group_done(&m, "payments", "orders").await;
+        let (a, b) = (answers(&m, 0, &ids).await, answers(&m, 1, &ids).await);
+        let read = [&a, &b].iter().all(|x| {
+            x.stats
+                .as_ref()
+                .is_some_and(|s| s.caught_up && s.lag.values().all(|&l| l == 0))
+        });
+        (done && read && a == b).then_some(a)
+    })
+    .await
+    .unwrap_or_else(|| panic!("the copies were not consumed:\n{}", m.logs()));
+    assert_eq!(after, before, "a second payment changed an answer");
+    let shipments = count_by_subject(&m.broker_url(), "shipments", SHIPPED).await;
+    assert!(
+        shipments.len() == 4 && !shipments.contains_key(declined),
+        "shipments: {shipments:?}"
+    );
+}
