@@ -144,3 +144,33 @@ mod tests {
         ));
     }
 }
+
+/// Runs `op` until it succeeds or `within` has passed: a cluster that has
+/// just formed (or is electing leaders after a node loss) times out or
+/// answers 503 for some seconds, which at start is worth waiting out.
+pub async fn retrying<T, E: std::fmt::Display, F, Fut>(
+    what: &'static str,
+    within: Duration,
+    mut op: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, E>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() < deadline => {
+                tracing::info!(error = %e, "{what}: not yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                return Err(LogError::Backend {
+                    op: what,
+                    reason: format!("{e} (for {within:?})"),
+                });
+            }
+        }
+    }
+}

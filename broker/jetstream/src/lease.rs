@@ -72,19 +72,21 @@ impl Leases {
         bucket: String,
         replicas: usize,
         ttl: Duration,
+        within: Duration,
     ) -> Result<Leases> {
-        let kv = js
-            .create_or_update_key_value(kv::Config {
-                bucket,
-                description: "mesh: which broker dispatches each consumer group".into(),
-                history: 1,
-                max_age: ttl,
-                num_replicas: replicas,
-                storage: jetstream::stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(backend("open the group leases bucket"))?;
+        let config = kv::Config {
+            bucket,
+            description: "mesh: which broker dispatches each consumer group".into(),
+            history: 1,
+            max_age: ttl,
+            num_replicas: replicas,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        let kv = crate::connect::retrying("open the group leases bucket", within, || {
+            js.create_or_update_key_value(config.clone())
+        })
+        .await?;
         Ok(Leases { kv, ttl })
     }
 

@@ -90,7 +90,8 @@ impl JetStreamStorage {
             topics: Topics::default(),
             positions,
         });
-        inner.refresh_all().await?;
+        let timeout = inner.opts.connect_timeout;
+        crate::connect::retrying("list the topics", timeout, || inner.refresh_all()).await?;
         let notes = tokio::spawn(inner.clone().notifications());
         let refresh = tokio::spawn(inner.clone().refresh_loop());
         Ok(JetStreamStorage {
@@ -103,7 +104,9 @@ impl JetStreamStorage {
     /// like its streams.
     pub async fn leases(&self, ttl: std::time::Duration) -> Result<crate::lease::Leases> {
         let i = &self.inner;
-        crate::lease::Leases::open(&i.js, i.names.leases_bucket(), i.opts.replicas, ttl).await
+        let within = i.opts.connect_timeout;
+        crate::lease::Leases::open(&i.js, i.names.leases_bucket(), i.opts.replicas, ttl, within)
+            .await
     }
 }
 
