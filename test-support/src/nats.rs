@@ -8,6 +8,8 @@ mod binary;
 mod cluster;
 mod monitor;
 mod node;
+mod shared;
 
 pub use binary::nats_server;
 pub use cluster::NatsCluster;
+pub use shared::shared_cluster;

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use async_nats::{Client, ConnectOptions};
+use async_nats::{Client, ConnectOptions, ServerAddr};
 
 use crate::Options;
 use mesh_log::{LogError, Result};
@@ -17,9 +17,10 @@ pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 11, 0);
 /// Connects, retrying until `connect_timeout`, and checks the server's
 /// version and that JetStream is enabled for this account.
 pub async fn connect(opts: &Options) -> Result<(Client, async_nats::jetstream::Context)> {
+    let servers = server_addrs(&opts.servers)?;
     let deadline = Instant::now() + opts.connect_timeout;
     let client = loop {
-        match options(opts)?.connect(opts.servers.as_str()).await {
+        match options(opts)?.connect(servers.as_slice()).await {
             Ok(c) => break c,
             Err(e) if Instant::now() < deadline => {
                 tracing::info!(servers = %opts.servers, error = %e, "NATS not reachable yet; retrying");
@@ -40,15 +41,42 @@ pub async fn connect(opts: &Options) -> Result<(Client, async_nats::jetstream::C
     check_version(&version)?;
     let mut js = async_nats::jetstream::new(client.clone());
     js.set_timeout(opts.request_timeout);
-    js.query_account().await.map_err(|e| LogError::Backend {
-        op: "connect",
-        reason: format!(
-            "JetStream is not enabled on {} (nats-server {version}): {e}; start nats-server with -js or a jetstream {{}} block",
-            opts.servers
-        ),
-    })?;
+    // A cluster that is still electing its meta leader answers 503 for a
+    // moment: wait for it within the same deadline.
+    loop {
+        match js.query_account().await {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                tracing::info!(error = %e, "JetStream not ready yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                return Err(LogError::Backend {
+                    op: "connect",
+                    reason: format!(
+                        "JetStream does not answer on {} (nats-server {version}) within {:?}: {e}; is it enabled (-js, or a jetstream {{}} block) and has the cluster a meta leader?",
+                        opts.servers, opts.connect_timeout
+                    ),
+                });
+            }
+        }
+    }
     tracing::info!(servers = %opts.servers, server_version = %version, "connected to NATS JetStream");
     Ok((client, js))
+}
+
+/// `servers` (comma separated) as addresses; a malformed one is a
+/// configuration error, not worth retrying.
+fn server_addrs(servers: &str) -> Result<Vec<ServerAddr>> {
+    servers
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<ServerAddr>()
+                .map_err(|e| LogError::Config(format!("NATS server URL {s:?}: {e}")))
+        })
+        .collect()
 }
 
 fn options(opts: &Options) -> Result<ConnectOptions> {
@@ -105,5 +133,44 @@ mod tests {
         let e = check_version("2.9.10").unwrap_err().to_string();
         assert!(e.contains("2.9.10") && e.contains("2.11.0"), "{e}");
         assert!(check_version("garbage").is_err());
+    }
+
+    #[test]
+    fn server_lists_split_on_commas_and_bad_urls_are_config_errors() {
+        assert_eq!(server_addrs("nats://a:1, nats://b:2,").unwrap().len(), 2);
+        assert!(matches!(
+            server_addrs("nats://a:x"),
+            Err(LogError::Config(_))
+        ));
+    }
+}
+
+/// Runs `op` until it succeeds or `within` has passed: a cluster that has
+/// just formed (or is electing leaders after a node loss) times out or
+/// answers 503 for some seconds, which at start is worth waiting out.
+pub async fn retrying<T, E: std::fmt::Display, F, Fut>(
+    what: &'static str,
+    within: Duration,
+    mut op: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, E>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() < deadline => {
+                tracing::info!(error = %e, "{what}: not yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                return Err(LogError::Backend {
+                    op: what,
+                    reason: format!("{e} (for {within:?})"),
+                });
+            }
+        }
     }
 }

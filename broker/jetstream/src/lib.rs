@@ -11,10 +11,11 @@
 //! - [`lease`]: which broker runs a (topic, group)'s dispatcher.
 //! - [`connect`]: connecting, and refusing servers that are too old.
 //! - [`names`]: topic, group and key encodings into JetStream names.
-//! - [`options`]: [`Options`].
+//! - [`options`]: [`Options`], what the backend is told.
 
 pub mod connect;
 mod error;
+pub mod lease;
 pub mod names;
 pub mod options;
 pub mod positions;

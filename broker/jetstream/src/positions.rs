@@ -45,17 +45,18 @@ impl Positions {
         replicas: usize,
         timeout: Duration,
     ) -> Result<(Arc<Positions>, JoinHandle<()>)> {
-        let kv = js
-            .create_or_update_key_value(kv::Config {
-                bucket: bucket.clone(),
-                description: "mesh: consumer-group positions, <topic>.<group> = offset".into(),
-                history: 1,
-                num_replicas: replicas,
-                storage: jetstream::stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(backend("open the group positions bucket"))?;
+        let config = kv::Config {
+            bucket: bucket.clone(),
+            description: "mesh: consumer-group positions, <topic>.<group> = offset".into(),
+            history: 1,
+            num_replicas: replicas,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        let kv = crate::connect::retrying("open the group positions bucket", timeout, || {
+            js.create_or_update_key_value(config.clone())
+        })
+        .await?;
         let positions = Arc::new(Positions {
             kv,
             cache: RwLock::new(HashMap::new()),

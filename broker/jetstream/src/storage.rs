@@ -90,7 +90,8 @@ impl JetStreamStorage {
             topics: Topics::default(),
             positions,
         });
-        inner.refresh_all().await?;
+        let timeout = inner.opts.connect_timeout;
+        crate::connect::retrying("list the topics", timeout, || inner.refresh_all()).await?;
         let notes = tokio::spawn(inner.clone().notifications());
         let refresh = tokio::spawn(inner.clone().refresh_loop());
         Ok(JetStreamStorage {
@@ -99,14 +100,13 @@ impl JetStreamStorage {
         })
     }
 
-    /// The NATS connection (the broker's group leases use it too).
-    pub fn client(&self) -> Client {
-        self.inner.client.clone()
-    }
-
-    /// The JetStream context.
-    pub fn jetstream(&self) -> jetstream::Context {
-        self.inner.js.clone()
+    /// Opens this mesh's group leases (`<namespace>-leases`), replicated
+    /// like its streams.
+    pub async fn leases(&self, ttl: std::time::Duration) -> Result<crate::lease::Leases> {
+        let i = &self.inner;
+        let within = i.opts.connect_timeout;
+        crate::lease::Leases::open(&i.js, i.names.leases_bucket(), i.opts.replicas, ttl, within)
+            .await
     }
 }
 

@@ -1,14 +1,15 @@
 //! Topic, group and dead-letter administration.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use mesh_log::{CommitMode, LogError, TopicStats};
 use mesh_proto::broker::v1 as pb;
 
 use crate::{
+    cluster::{self, Claim},
     convert, dlq,
     error::{BrokerError, Result},
-    group::{Cmd, GroupStore, LogStore, SeekOutcome, resolve_start},
+    group::{Cmd, GroupHandle, GroupStore, LogStore, SeekOutcome, resolve_start},
     state::Shared,
     subscribe::parse_start,
 };
@@ -149,7 +150,30 @@ pub async fn list_groups(broker: &Shared, topic: &str) -> Result<pb::ListGroupsR
     Ok(pb::ListGroupsResponse { groups })
 }
 
-pub async fn seek_group(broker: &Shared, r: pb::SeekGroupRequest) -> Result<pb::SeekGroupResponse> {
+/// The dispatcher a seek goes through, if the group has one. With several
+/// brokers, an existing group's seek takes the group's lease here (the
+/// service forwarded it if another broker holds it), so no other broker
+/// can start dispatching from the old position while the seek is applied.
+async fn running_for_seek(
+    broker: &Arc<Shared>,
+    topic: &str,
+    group: &str,
+) -> Result<Option<GroupHandle>> {
+    if broker.cluster.is_none() || broker.storage.committed(topic, group)?.is_none() {
+        return Ok(broker.groups.get(topic, group));
+    }
+    match cluster::claim(broker, topic, group, true).await? {
+        Claim::Local(h) => Ok(Some(h)),
+        Claim::Remote(_) => Err(BrokerError::Unavailable(format!(
+            "group {group:?} of topic {topic:?} moved to another broker; retry"
+        ))),
+    }
+}
+
+pub async fn seek_group(
+    broker: &Arc<Shared>,
+    r: pb::SeekGroupRequest,
+) -> Result<pb::SeekGroupResponse> {
     name("topic", "topic", &r.topic)?;
     name("group", "group", &r.group)?;
     if r.position
@@ -177,7 +201,7 @@ pub async fn seek_group(broker: &Shared, r: pb::SeekGroupRequest) -> Result<pb::
             }
             e => e,
         })?;
-    let outcome = match broker.groups.get(&r.topic, &r.group) {
+    let outcome = match running_for_seek(broker, &r.topic, &r.group).await? {
         Some(h) => {
             let (reply, rx) = tokio::sync::oneshot::channel();
             h.send(Cmd::Seek {

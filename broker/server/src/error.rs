@@ -51,6 +51,16 @@ pub enum BrokerError {
     #[error("the broker is shutting down; reconnect")]
     ShuttingDown,
 
+    /// The broker holding the group refused a forwarded call: its status,
+    /// passed on unchanged.
+    #[error("{}", .0.message())]
+    Forwarded(Status),
+
+    /// The group's dispatcher is on another broker that cannot be reached
+    /// now, or is moving between brokers: retry (clients reconnect).
+    #[error("{0}")]
+    Unavailable(String),
+
     /// A member's group stopped under it (topic or group deleted, or
     /// shutdown).
     #[error("the group was stopped (topic or group deleted, or shutdown); reconnect")]
@@ -101,9 +111,12 @@ impl BrokerError {
             BrokerError::PermissionDenied { .. } => Code::PermissionDenied,
             BrokerError::FailedPrecondition(_) => Code::FailedPrecondition,
             BrokerError::NotFound(_) => Code::NotFound,
-            BrokerError::ShuttingDown | BrokerError::GroupStopped => Code::Unavailable,
+            BrokerError::ShuttingDown | BrokerError::GroupStopped | BrokerError::Unavailable(_) => {
+                Code::Unavailable
+            }
             BrokerError::IdleTimeout { .. } => Code::DeadlineExceeded,
             BrokerError::AlreadyOpen => Code::FailedPrecondition,
+            BrokerError::Forwarded(s) => s.code(),
             BrokerError::Config(_)
             | BrokerError::Transport(_)
             | BrokerError::Io(_)

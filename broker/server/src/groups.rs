@@ -52,6 +52,13 @@ impl Groups {
         keys.into_iter().filter_map(|k| map.remove(&k)).collect()
     }
 
+    /// Puts back a dispatcher taken by mistake (`cluster::stop`).
+    pub fn put_back(&self, topic: &str, group: &str, h: GroupHandle) {
+        let mut map = self.map.lock().expect("groups lock");
+        map.entry((topic.to_string(), group.to_string()))
+            .or_insert(h);
+    }
+
     pub fn take_one(&self, topic: &str, group: &str) -> Option<GroupHandle> {
         self.map
             .lock()

@@ -15,6 +15,8 @@
 //!   state machine ([`group::window`]), the actor that runs it
 //!   ([`group::actor`]) and the storage seam ([`group::store`]).
 //! - [`groups`]: the running group actors.
+//! - [`cluster`]: several brokers on one JetStream cluster: group leases,
+//!   forwarding members to the broker that holds their group.
 //! - [`limits`]: streams per connection and the publish rate per
 //!   principal.
 //! - [`dlq`]: dead-letter topics: append, list, redrive, purge.
@@ -28,6 +30,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod convert;
 pub mod dlq;

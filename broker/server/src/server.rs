@@ -14,6 +14,7 @@ use tonic::{
 
 use crate::{
     auth::{Auth, AuthMode},
+    cluster::Cluster,
     config::{Backend, BrokerConfig},
     error::Result,
     service::GrpcService,
@@ -21,17 +22,30 @@ use crate::{
 };
 
 /// The configured backend, opened: the embedded log in `data_dir`, or the
-/// JetStream cluster.
-async fn open_storage(cfg: &BrokerConfig) -> Result<Arc<dyn Storage>> {
+/// JetStream cluster with this broker's place among the others (its
+/// group leases and its URL for them, `addr` being where it listens).
+async fn open_storage(
+    cfg: &BrokerConfig,
+    addr: std::net::SocketAddr,
+) -> Result<(Arc<dyn Storage>, Option<Cluster>)> {
     Ok(match cfg.storage.backend {
         Backend::Log => {
             let (dir, log_cfg) = (cfg.data_dir.clone(), cfg.log_config());
             let storage =
                 tokio::task::spawn_blocking(move || LocalStorage::open(&dir, log_cfg)).await??;
-            Arc::new(storage)
+            (Arc::new(storage), None)
         }
         Backend::Jetstream => {
-            Arc::new(mesh_jetstream::JetStreamStorage::open(cfg.jetstream_options()).await?)
+            let js = mesh_jetstream::JetStreamStorage::open(cfg.jetstream_options()).await?;
+            let leases = js.leases(cfg.jetstream.lease_ttl).await?;
+            let url = crate::cluster::advertise_url(cfg, addr).await?;
+            let peer_tls = cfg.tls.client("tls.", &cfg.jetstream.peer_tls_name)?;
+            let me = mesh_jetstream::lease::Holder {
+                id: crate::cluster::process_id(),
+                url,
+            };
+            tracing::info!(url = %me.url, id = %me.id, "brokers forward group members here");
+            (Arc::new(js), Some(Cluster::new(leases, me, peer_tls)))
         }
     })
 }
@@ -56,7 +70,7 @@ pub async fn run(
     // Before the storage opens, so its fsyncs are measured from the start.
     crate::metrics::install(cfg.metrics_listen, auth.mode() == AuthMode::None)?;
     let cfg = Arc::new(cfg);
-    let storage = open_storage(&cfg).await?;
+    let (storage, cluster) = open_storage(&cfg, listener.local_addr()?).await?;
     for t in &cfg.topics {
         match storage
             .create_topic(&t.name, cfg.topic_spec_config(t))
@@ -74,6 +88,7 @@ pub async fn run(
         cfg.clone(),
         auth,
         stop_rx.clone(),
+        cluster,
     ));
     let retention = tokio::spawn(crate::upkeep::retention_loop(
         storage.clone(),
@@ -158,6 +173,9 @@ pub async fn run(
     let flush = async {
         for g in groups {
             g.stop().await;
+        }
+        if let Some(c) = &broker.cluster {
+            c.release_all().await;
         }
         storage.close().await;
     };

@@ -4,12 +4,13 @@
 
 use std::sync::Arc;
 
-use mesh_proto::broker::v1::{self as pb, broker_server};
-use tonic::{Request, Response, Status, Streaming};
+use mesh_proto::broker::v1::{self as pb, broker_client::BrokerClient, broker_server};
+use tonic::{Request, Response, Status, Streaming, metadata::MetadataValue, transport::Channel};
 
 use crate::{
     admin,
     auth::{Caller, Verb},
+    cluster,
     error::BrokerError,
     publish::{self, PublishStream},
     state::Shared,
@@ -28,6 +29,36 @@ fn ok<T>(r: crate::error::Result<T>) -> Rpc<T> {
 }
 
 impl GrpcService {
+    /// With several brokers: a client of the broker running the group's
+    /// dispatcher, and `req` to send it, if that is another broker (and
+    /// `req` was not itself forwarded).
+    async fn to_holder<T: Clone>(
+        &self,
+        req: &Request<T>,
+        topic: &str,
+        group: &str,
+    ) -> Result<Option<(BrokerClient<Channel>, Request<T>)>, Status> {
+        if req.metadata().contains_key(cluster::FORWARDED) {
+            return Ok(None);
+        }
+        let Some(url) = cluster::holder_elsewhere(&self.broker, topic, group).await? else {
+            return Ok(None);
+        };
+        let c = self
+            .broker
+            .cluster
+            .as_ref()
+            .expect("a holder needs a cluster");
+        let mut fwd = Request::new(req.get_ref().clone());
+        if let Ok(me) = MetadataValue::try_from(c.me.id.as_str()) {
+            fwd.metadata_mut().insert(cluster::FORWARDED, me);
+        }
+        if let Some(a) = req.metadata().get("authorization") {
+            fwd.metadata_mut().insert("authorization", a.clone());
+        }
+        Ok(Some((c.peer(&url)?, fwd)))
+    }
+
     fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
         self.broker.auth.authenticate(req).map_err(Status::from)
     }
@@ -104,7 +135,11 @@ impl broker_server::Broker for GrpcService {
     ) -> Rpc<SubscribeStream> {
         let who = self.caller(&req)?;
         let slot = self.broker.streams.open(req.remote_addr())?;
-        ok(subscribe::subscribe(self.broker.clone(), who, slot, req.into_inner()).await)
+        let via = subscribe::Via {
+            forwarded: req.metadata().contains_key(crate::cluster::FORWARDED),
+            authorization: req.metadata().get("authorization").cloned(),
+        };
+        ok(subscribe::subscribe(self.broker.clone(), who, slot, via, req.into_inner()).await)
     }
 
     async fn create_topic(&self, req: Request<pb::CreateTopicRequest>) -> Rpc<pb::TopicInfo> {
@@ -153,6 +188,9 @@ impl broker_server::Broker for GrpcService {
     async fn describe_group(&self, req: Request<pb::DescribeGroupRequest>) -> Rpc<pb::GroupInfo> {
         let r = req.get_ref();
         self.sees(&req, &r.topic, Some(&r.group))?;
+        if let Some((mut peer, fwd)) = self.to_holder(&req, &r.topic, &r.group).await? {
+            return peer.describe_group(fwd).await;
+        }
         let r = req.into_inner();
         ok(admin::describe_group(&self.broker, &r.topic, &r.group).await)
     }
@@ -160,6 +198,9 @@ impl broker_server::Broker for GrpcService {
     async fn seek_group(&self, req: Request<pb::SeekGroupRequest>) -> Rpc<pb::SeekGroupResponse> {
         let r = req.get_ref();
         self.allowed(&req, Verb::Seek, &r.topic, group(&r.group))?;
+        if let Some((mut peer, fwd)) = self.to_holder(&req, &r.topic, &r.group).await? {
+            return peer.seek_group(fwd).await;
+        }
         ok(admin::seek_group(&self.broker, req.into_inner()).await)
     }
 

@@ -8,6 +8,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::{
     auth::Auth,
+    cluster::Cluster,
     config::BrokerConfig,
     error::{BrokerError, Result},
     groups::Groups,
@@ -36,6 +37,9 @@ pub struct Shared {
     /// Events per second per principal
     /// (`limits.publish_rate_per_principal`).
     pub publish_rate: PublishRate,
+    /// The other brokers and this one's group leases, with the JetStream
+    /// backend; `None` on the embedded log, where this broker is alone.
+    pub cluster: Option<Cluster>,
 }
 
 impl Shared {
@@ -44,8 +48,10 @@ impl Shared {
         cfg: Arc<BrokerConfig>,
         auth: Auth,
         stopping: watch::Receiver<bool>,
+        cluster: Option<Cluster>,
     ) -> Self {
         Shared {
+            cluster,
             auth,
             subscribers: Arc::new(Semaphore::new(cfg.limits.max_subscribers)),
             publishers: Arc::new(Semaphore::new(cfg.limits.max_publishers)),

@@ -179,11 +179,10 @@ async fn purge(c: &mut Client, topic: &str, group: &str) -> u64 {
 
 // -------------------------------------------------------------------- tests
 
-/// 1. Every group gets every event.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fan_out_every_group_receives_every_event() {
+/// Scenario 1: Every group gets every event.
+async fn fan_out_every_group_receives_every_event(b: Backend) {
     // Asserts first attempts only and nothing more after the acks.
-    let mut e = env(no_deadlines).await;
+    let mut e = env_on(b, no_deadlines).await;
     create_topic(&mut e.c, "orders").await;
     let mut a = Sub::open(&mut e.c, "orders", "billing", 100).await;
     let mut b = Sub::open(&mut e.c, "orders", "shipping", 100).await;
@@ -205,11 +204,10 @@ async fn fan_out_every_group_receives_every_event() {
     e.b.stop().await;
 }
 
-/// 2. Members of one group share its events: each event goes to one member.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn competing_consumers_share_the_work_without_overlap() {
+/// Scenario 2: Members of one group share its events: each event goes to one member.
+async fn competing_consumers_share_the_work_without_overlap(b: Backend) {
     // No redelivery on a deadline may blur "exactly once per event" here.
-    let mut e = env(no_deadlines).await;
+    let mut e = env_on(b, no_deadlines).await;
     create_topic(&mut e.c, "work").await;
     let mut s1 = Sub::open(&mut e.c, "work", "g", 10).await;
     let mut s2 = Sub::open(&mut e.c, "work", "g", 10).await;
@@ -275,9 +273,11 @@ async fn competing_consumers_share_the_work_without_overlap() {
 }
 
 /// 3a. An event not acked within the ack deadline comes back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redelivery_after_the_ack_deadline() {
-    let mut e = env(|c| c.delivery.ack_deadline = Duration::from_millis(1_000)).await;
+async fn redelivery_after_the_ack_deadline(b: Backend) {
+    let mut e = env_on(b, |c| {
+        c.delivery.ack_deadline = Duration::from_millis(1_000)
+    })
+    .await;
     create_topic(&mut e.c, "t").await;
     let mut s = Sub::open(&mut e.c, "t", "g", 10).await;
     // Measured from before the publish: the first delivery (and so its
@@ -306,11 +306,10 @@ async fn redelivery_after_the_ack_deadline() {
 }
 
 /// 3b. A nack with a delay: not redelivered before it, redelivered after.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redelivery_after_a_nack_delay() {
+async fn redelivery_after_a_nack_delay(b: Backend) {
     // Only the nack may bring it back: a deadline passing on a slow
     // machine before the nack arrives would redeliver it early.
-    let mut e = env(no_deadlines).await;
+    let mut e = env_on(b, no_deadlines).await;
     create_topic(&mut e.c, "t").await;
     let mut s = Sub::open(&mut e.c, "t", "g", 10).await;
     publish(&mut e.c, "t", vec![event("x", "", "1")]).await;
@@ -346,10 +345,9 @@ async fn redelivery_after_a_nack_delay() {
 }
 
 /// 3c. Repeated nacks without a delay back off exponentially.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redelivery_backoff_grows_with_each_nack() {
+async fn redelivery_backoff_grows_with_each_nack(b: Backend) {
     const MIN: u64 = 150;
-    let mut e = env(|c| {
+    let mut e = env_on(b, |c| {
         no_deadlines(c);
         c.delivery.min_backoff = Duration::from_millis(MIN);
         c.delivery.max_backoff = Duration::from_millis(60_000);
@@ -387,11 +385,10 @@ async fn redelivery_backoff_grows_with_each_nack() {
     e.b.stop().await;
 }
 
-/// 4. Dead letters after max_delivery_attempts; list, redrive to that group
+/// Scenario 4: Dead letters after max_delivery_attempts; list, redrive to that group
 /// only, purge.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dead_letters_list_redrive_to_one_group_and_purge() {
-    let mut e = env(no_deadlines).await;
+async fn dead_letters_list_redrive_to_one_group_and_purge(b: Backend) {
+    let mut e = env_on(b, no_deadlines).await;
     create_topic_with_attempts(&mut e.c, "jobs", 2).await;
     let mut workers = Sub::open(&mut e.c, "jobs", "workers", 10).await;
     let mut audit = Sub::open(&mut e.c, "jobs", "audit", 10).await;
@@ -498,9 +495,8 @@ async fn dead_letters_list_redrive_to_one_group_and_purge() {
 /// 4b. An event that fails again after its dead letter was handled (purged
 /// or redriven) and the group was sought back is dead-lettered again, not
 /// swallowed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replayed_event_that_fails_again_is_dead_lettered_again() {
-    let mut e = env(no_deadlines).await;
+async fn replayed_event_that_fails_again_is_dead_lettered_again(b: Backend) {
+    let mut e = env_on(b, no_deadlines).await;
     create_topic_with_attempts(&mut e.c, "jobs", 1).await;
     let mut s = Sub::open(&mut e.c, "jobs", "g", 10).await;
     publish(&mut e.c, "jobs", vec![event("bad", "", "1")]).await;
@@ -530,11 +526,10 @@ async fn replayed_event_that_fails_again_is_dead_lettered_again() {
     e.b.stop().await;
 }
 
-/// 5. A group created late replays history: from earliest, or from a time.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn late_group_replays_from_earliest_and_from_a_time() {
+/// Scenario 5: A group created late replays history: from earliest, or from a time.
+async fn late_group_replays_from_earliest_and_from_a_time(b: Backend) {
     // Asserts exact deliveries: no redelivery may slip in.
-    let mut e = env(no_deadlines).await;
+    let mut e = env_on(b, no_deadlines).await;
     create_topic(&mut e.c, "hist").await;
     let between = two_batches(&mut e.c, "hist", 10).await;
 
@@ -579,11 +574,10 @@ async fn late_group_replays_from_earliest_and_from_a_time() {
     e.b.stop().await;
 }
 
-/// 6. Publishing an id again returns the original offset and stores nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dedupe_returns_the_original_offset_and_delivers_once() {
+/// Scenario 6: Publishing an id again returns the original offset and stores nothing.
+async fn dedupe_returns_the_original_offset_and_delivers_once(b: Backend) {
     // "Delivers once": no redelivery on a deadline may slip in.
-    let mut e = env(no_deadlines).await;
+    let mut e = env_on(b, no_deadlines).await;
     create_topic(&mut e.c, "t").await;
     let first = publish(&mut e.c, "t", vec![event("x", "", "1")]).await;
     publish(&mut e.c, "t", vec![event("y", "", "2")]).await;
@@ -618,10 +612,9 @@ async fn dedupe_returns_the_original_offset_and_delivers_once() {
     e.b.stop().await;
 }
 
-/// 7. A failing event holds back its own key and no other.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn per_key_order_holds_under_redelivery() {
-    let mut e = env(no_deadlines).await;
+/// Scenario 7: A failing event holds back its own key and no other.
+async fn per_key_order_holds_under_redelivery(b: Backend) {
+    let mut e = env_on(b, no_deadlines).await;
     create_topic_with_attempts(&mut e.c, "t", 20).await;
     let mut s = Sub::open(&mut e.c, "t", "g", 10).await;
     let evs = vec![
@@ -697,12 +690,11 @@ async fn per_key_order_holds_under_redelivery() {
     e.b.stop().await;
 }
 
-/// 8. A stalled subscriber with a big backlog: bounded in flight and
+/// Scenario 8: A stalled subscriber with a big backlog: bounded in flight and
 /// bounded read-ahead.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stalled_subscriber_holds_bounded_in_flight_and_buffer() {
+async fn stalled_subscriber_holds_bounded_in_flight_and_buffer(b: Backend) {
     const WINDOW: usize = 100;
-    let mut e = env(|c| {
+    let mut e = env_on(b, |c| {
         no_deadlines(c);
         c.limits.group_window = WINDOW;
         c.limits.max_credit = 50;
@@ -744,11 +736,10 @@ async fn stalled_subscriber_holds_bounded_in_flight_and_buffer() {
     e.b.stop().await;
 }
 
-/// 9. A member that disconnects hands its in-flight events to the others at
+/// Scenario 9: A member that disconnects hands its in-flight events to the others at
 /// once, not after the ack deadline.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn disconnected_members_events_go_to_another_member_at_once() {
-    let mut e = env(no_deadlines).await;
+async fn disconnected_members_events_go_to_another_member_at_once(b: Backend) {
+    let mut e = env_on(b, no_deadlines).await;
     create_topic(&mut e.c, "t").await;
     let mut gone = Sub::open(&mut e.c, "t", "g", 10).await;
     let published = publish_many(&mut e.c, "t", evs("e", 10)).await;
@@ -778,11 +769,10 @@ async fn disconnected_members_events_go_to_another_member_at_once() {
     e.b.stop().await;
 }
 
-/// 10. SeekGroup: the dry run's count is what is then redelivered; also by
+/// Scenario 10: SeekGroup: the dry run's count is what is then redelivered; also by
 /// time.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seek_dry_run_matches_what_is_redelivered() {
-    let mut e = env(no_deadlines).await;
+async fn seek_dry_run_matches_what_is_redelivered(b: Backend) {
+    let mut e = env_on(b, no_deadlines).await;
     create_topic(&mut e.c, "t").await;
     let between = two_batches(&mut e.c, "t", 50).await;
 
@@ -827,10 +817,9 @@ async fn seek_dry_run_matches_what_is_redelivered() {
     e.b.stop().await;
 }
 
-/// 11. CaughtUp once the backlog is handed out; Lag reported periodically.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn caught_up_after_the_backlog_and_periodic_lag() {
-    let mut e = env(|c| {
+/// Scenario 11: CaughtUp once the backlog is handed out; Lag reported periodically.
+async fn caught_up_after_the_backlog_and_periodic_lag(b: Backend) {
+    let mut e = env_on(b, |c| {
         no_deadlines(c);
         c.delivery.lag_report_interval = Duration::from_millis(200);
     })
@@ -908,9 +897,8 @@ async fn caught_up_after_the_backlog_and_periodic_lag() {
 
 /// 11b. Events held back behind an unacked event of their key have not
 /// been handed out yet: CaughtUp waits for them too.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn caught_up_waits_for_events_held_behind_their_key() {
-    let mut e = env(no_deadlines).await;
+async fn caught_up_waits_for_events_held_behind_their_key(b: Backend) {
+    let mut e = env_on(b, no_deadlines).await;
     create_topic(&mut e.c, "t").await;
     let mut evs: Vec<Event> = (0..4).map(|i| event(&format!("a{i}"), "A", "x")).collect();
     evs.push(event("b0", "B", "x"));
@@ -948,10 +936,9 @@ async fn caught_up_waits_for_events_held_behind_their_key() {
     e.b.stop().await;
 }
 
-/// 12. Committed progress survives a consumer restart and a broker restart:
+/// Scenario 12: Committed progress survives a consumer restart and a broker restart:
 /// nothing acked comes back, nothing unacked is lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn committed_progress_survives_consumer_and_broker_restarts() {
+async fn committed_progress_survives_consumer_and_broker_restarts(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     // A long commit interval: what is durable at a clean stop is what the
     // broker commits when members leave and at shutdown.
@@ -959,7 +946,7 @@ async fn committed_progress_survives_consumer_and_broker_restarts() {
         no_deadlines(c);
         c.delivery.commit_interval = Duration::from_millis(60_000);
     };
-    let b = TestBroker::start(dir.path(), tweak).await;
+    let b = TestBroker::start_on(backend, dir.path(), tweak).await;
     let mut c = b.client().await;
     create_topic(&mut c, "t").await;
     publish_many(&mut c, "t", evs("e", 50)).await;
@@ -986,7 +973,7 @@ async fn committed_progress_survives_consumer_and_broker_restarts() {
     drop(s);
 
     // Broker restart on the same data: resumes at 30.
-    let b = TestBroker::start(dir.path(), tweak).await;
+    let b = TestBroker::start_on(backend, dir.path(), tweak).await;
     let mut c = b.client().await;
     assert_eq!(describe(&mut c, "t", "g").await.committed_offset, 30);
     let mut s = Sub::open(&mut c, "t", "g", 100).await;
@@ -1005,7 +992,7 @@ async fn committed_progress_survives_consumer_and_broker_restarts() {
     b.stop().await;
 
     // And once more: nothing at all is left for the group.
-    let b = TestBroker::start(dir.path(), tweak).await;
+    let b = TestBroker::start_on(backend, dir.path(), tweak).await;
     let mut c = b.client().await;
     let mut s = Sub::open(&mut c, "t", "g", 100).await;
     assert_eq!(s.opened.committed, 50);
@@ -1020,10 +1007,9 @@ async fn committed_progress_survives_consumer_and_broker_restarts() {
 /// `open` and an ack of offset 0 in one burst, before anything arrived.
 /// The new member holds offset 0 by the time its ack is handled, so the ack
 /// is taken and the group commits past it, with no in-stream error.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_ack_sent_right_behind_open_acks_the_first_delivery() {
+async fn an_ack_sent_right_behind_open_acks_the_first_delivery(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let b = TestBroker::start(dir.path(), no_deadlines).await;
+    let b = TestBroker::start_on(b, dir.path(), no_deadlines).await;
     let mut c = b.client().await;
     create_topic(&mut c, "t").await;
     publish(&mut c, "t", vec![event("e0", "", "x")]).await;
@@ -1062,3 +1048,25 @@ async fn an_ack_sent_right_behind_open_acks_the_first_delivery() {
     }
     b.stop().await;
 }
+
+// Every scenario above, once on the embedded log and once on a real
+// three-node NATS JetStream cluster (R3), shared by this test binary.
+scenarios!(
+    fan_out_every_group_receives_every_event,
+    competing_consumers_share_the_work_without_overlap,
+    redelivery_after_the_ack_deadline,
+    redelivery_after_a_nack_delay,
+    redelivery_backoff_grows_with_each_nack,
+    dead_letters_list_redrive_to_one_group_and_purge,
+    replayed_event_that_fails_again_is_dead_lettered_again,
+    late_group_replays_from_earliest_and_from_a_time,
+    dedupe_returns_the_original_offset_and_delivers_once,
+    per_key_order_holds_under_redelivery,
+    stalled_subscriber_holds_bounded_in_flight_and_buffer,
+    disconnected_members_events_go_to_another_member_at_once,
+    seek_dry_run_matches_what_is_redelivered,
+    caught_up_after_the_backlog_and_periodic_lag,
+    caught_up_waits_for_events_held_behind_their_key,
+    committed_progress_survives_consumer_and_broker_restarts,
+    an_ack_sent_right_behind_open_acks_the_first_delivery,
+);

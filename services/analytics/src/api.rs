@@ -6,13 +6,18 @@ use mesh_proto::{
     analytics::v1::{GetStatsRequest, Stats, analytics_server::Analytics},
     broker::v1::DescribeTopicRequest,
 };
-use mesh_sdk::link::{Broker, BrokerClient};
+use mesh_sdk::{
+    View,
+    link::{Broker, BrokerClient},
+};
 use tonic::{Request, Response, Status};
 
 use crate::{TOPICS, stats};
 
 pub struct AnalyticsApi {
     pub stats: Arc<Mutex<stats::Stats>>,
+    /// Of `TOPICS`, in that order: how far `stats` has read each.
+    pub views: Vec<View>,
     /// The broker link of the service (its TLS and token).
     pub broker: Broker,
     pub started: std::time::Instant,
@@ -29,7 +34,7 @@ impl AnalyticsApi {
                 .await
                 .ok()
                 .flatten();
-        for t in TOPICS {
+        for (t, view) in TOPICS.iter().zip(&self.views) {
             let live = match client.clone() {
                 Some(mut c) => c
                     .describe_topic(DescribeTopicRequest {
@@ -40,15 +45,7 @@ impl AnalyticsApi {
                     .map(|r| r.into_inner().head_offset),
                 None => None,
             };
-            let known = self
-                .stats
-                .lock()
-                .expect("stats lock")
-                .head
-                .get(t)
-                .copied()
-                .unwrap_or(0);
-            out.push((t.to_string(), live.unwrap_or(known)));
+            out.push((t.to_string(), live.unwrap_or(view.head())));
         }
         out
     }
@@ -59,12 +56,11 @@ impl Analytics for AnalyticsApi {
     async fn get_stats(&self, req: Request<GetStatsRequest>) -> Result<Response<Stats>, Status> {
         let customer = req.into_inner().customer_id;
         let heads = self.heads().await;
-        let s = self.stats.lock().expect("stats lock");
-        let mut out = s.snapshot(&customer);
-        for (t, head) in heads {
-            let next = s.next.get(&t).copied().unwrap_or(0);
-            out.lag.insert(t, head.saturating_sub(next));
+        let mut out = self.stats.lock().expect("stats lock").snapshot(&customer);
+        for ((t, head), view) in heads.into_iter().zip(&self.views) {
+            out.lag.insert(t, head.saturating_sub(view.position()));
         }
+        out.caught_up = self.views.iter().all(View::is_caught_up);
         let up = self.started.elapsed();
         out.uptime = Some(mesh_sdk::mesh_runtime::time::duration(up));
         Ok(Response::new(out))

@@ -1,8 +1,10 @@
-//! Service D, `analytics`: can start at any time. It replays the `orders`,
-//! `payments` and `shipments` topics from the earliest offset and keeps
-//! order counts and revenue per customer and in total, plus its lag. Its
-//! state lives in memory and is rebuilt from the log on every start; it
-//! reads without a consumer group, so it never disturbs other consumers.
+//! Service D, `analytics`: can start at any time. It follows the `orders`,
+//! `payments` and `shipments` topics from the earliest offset
+//! ([`mesh_sdk::View`]) and keeps order counts and revenue per customer and
+//! in total, plus its lag. Its state lives in memory and is rebuilt from
+//! the log on every start; it reads without a consumer group, so it never
+//! disturbs other consumers, and any number of replicas answer alike once
+//! caught up. It serves at once: GetStats says whether it has caught up.
 //!
 //! - [`stats`]: the figures, counted once per order even if an event is
 //!   seen twice.
@@ -14,7 +16,7 @@ pub mod stats;
 use std::sync::{Arc, Mutex};
 
 use mesh_proto::analytics::v1::analytics_server::AnalyticsServer;
-use mesh_sdk::{CancellationToken, SdkError, config::ServiceConfig, tail};
+use mesh_sdk::{CancellationToken, SdkError, View, config::ServiceConfig};
 use tokio::net::TcpListener;
 
 /// Settings: the SDK's `BasicConfig` from `analytics.toml` and `ANALYTICS__*`
@@ -37,24 +39,16 @@ pub async fn run(
     let broker = cfg.broker()?;
     mesh_sdk::ensure_topics(&broker, &TOPICS, &shutdown).await?;
     let stats = Arc::new(Mutex::new(stats::Stats::default()));
-    let mut readers = Vec::new();
+    let (mut views, mut readers) = (Vec::new(), Vec::new());
     for topic in TOPICS {
-        let (s, broker, stop) = (stats.clone(), broker.clone(), shutdown.clone());
-        readers.push(tokio::spawn(async move {
-            tail::tail(&broker, topic, 0, &stop, |e| {
-                let span = match &e {
-                    tail::TailEvent::Event(d) => mesh_sdk::events::process_span(d, ""),
-                    tail::TailEvent::CaughtUp { .. } => tracing::Span::none(),
-                };
-                let _in = span.enter();
-                s.lock().expect("stats lock").apply(topic, e);
-                true
-            })
-            .await
-        }));
+        let (view, task) =
+            View::follow(&broker, topic, stats.clone(), |s, d| s.apply(d), &shutdown);
+        views.push(view);
+        readers.push(task);
     }
     let api = api::AnalyticsApi {
         stats,
+        views,
         broker,
         started: std::time::Instant::now(),
     };

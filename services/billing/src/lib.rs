@@ -3,10 +3,16 @@
 //! `decline_over_minor` are declined) and publishes PaymentAuthorized or
 //! PaymentDeclined to `payments`. It never calls another service.
 //!
-//! Invoices are rebuilt from the `payments` topic at start, so an order is
-//! never billed twice: a redelivered OrderPlaced finds its invoice, and a
-//! crash between publishing and acking republishes the same event id,
-//! which the broker drops.
+//! The ledger (invoices by order) is built from the `payments` topic and
+//! follows it for as long as billing runs ([`mesh_sdk::View`]), so every
+//! replica holds every replica's invoices, and only what is in the log:
+//! the handler never writes the ledger itself. The first payment event of
+//! an order is its invoice; a later one is a duplicate. Billing serves its
+//! API once the ledger has caught up with the topic.
+//!
+//! An order is billed once whichever replica its OrderPlaced reaches, and
+//! however late a redelivery comes: the handler catches the ledger up to
+//! the head of `payments` before it decides ([`handler`]).
 //!
 //! - [`config`] holds the settings.
 //! - [`ledger`]: invoices by order.
@@ -25,13 +31,18 @@ use mesh_proto::{
     billing::v1::{PaymentAuthorized, PaymentDeclined, billing_server::BillingServer},
     orders::v1::OrderPlaced,
 };
-use mesh_sdk::{CancellationToken, Consumer, Producer, SdkError, config::ServiceConfig, tail};
+use mesh_sdk::{CancellationToken, Consumer, Producer, SdkError, View, config::ServiceConfig};
 use tokio::net::TcpListener;
 
 pub use config::Config;
 
 pub const SOURCE: &str = "/services/billing";
 pub const GROUP: &str = "billing";
+
+/// How long a payment publish may take before the handler gives up (and
+/// its OrderPlaced comes back). Well inside the broker's dedupe window
+/// (2 min by default): see [`handler`] for why that matters.
+pub const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub async fn run(
     cfg: Config,
@@ -41,25 +52,34 @@ pub async fn run(
     let broker = cfg.broker()?;
     mesh_sdk::ensure_topics(&broker, &["orders", "payments"], &shutdown).await?;
     let ledger = Arc::new(Mutex::new(ledger::Ledger::default()));
-    let l = ledger.clone();
-    tail::replay(&broker, PaymentAuthorized::TOPIC, &shutdown, move |d| {
-        let inv = d
-            .decode::<PaymentAuthorized>()
-            .map(|p| p.invoice)
-            .or_else(|_| d.decode::<PaymentDeclined>().map(|p| p.invoice));
-        if let Ok(Some(inv)) = inv {
-            l.lock().expect("ledger lock").insert(inv);
-        }
-    })
-    .await?;
+    let (payments, ledger_task) = View::follow(
+        &broker,
+        PaymentAuthorized::TOPIC,
+        ledger.clone(),
+        |l, d| {
+            let inv = d
+                .decode::<PaymentAuthorized>()
+                .map(|p| p.invoice)
+                .or_else(|_| d.decode::<PaymentDeclined>().map(|p| p.invoice));
+            if let Ok(Some(inv)) = inv {
+                l.insert(inv);
+            }
+        },
+        &shutdown,
+    );
+    // Serve nothing before the ledger holds what was billed so far.
+    if !payments.caught_up().await {
+        return Ok(());
+    }
     tracing::info!(
         invoices = ledger.lock().expect("ledger lock").len(),
-        "ledger rebuilt from the payments topic"
+        "ledger caught up with the payments topic"
     );
 
     let h = handler::Billing {
         ledger: ledger.clone(),
-        producer: Producer::new(&broker, SOURCE)?,
+        payments,
+        producer: Producer::new(&broker, SOURCE)?.with_timeout(PUBLISH_TIMEOUT),
         decline_over_minor: cfg.decline_over_minor,
     };
     let consumer = Consumer::new(&broker, OrderPlaced::TOPIC, GROUP)?.name(SOURCE);
@@ -71,7 +91,7 @@ pub async fn run(
         listener,
         &cfg.tls,
         shutdown,
-        vec![consumer],
+        vec![consumer, ledger_task],
     )
     .await
 }

@@ -343,7 +343,7 @@ async fn services_that_may_not_create_their_topics_wait_for_them() {
     let started = eventually(LONG, || async {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
-            .contains("ledger rebuilt from the payments topic")
+            .contains("ledger caught up with the payments topic")
     })
     .await;
     assert!(

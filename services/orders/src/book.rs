@@ -1,5 +1,5 @@
-//! The order book: every order and its status, rebuilt from the `orders`
-//! topic at start and kept current as events are published.
+//! The order book: every order and its status, built from the `orders`
+//! topic and following it (its first OrderPlaced of an order counts).
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,16 @@
 //! Moves orders along as payment and shipment events arrive.
+//!
+//! The handler syncs the book to the head of `orders` before deciding, so
+//! it sees every status change published so far by any replica, and after
+//! publishing waits until the book holds its own change before acking. The
+//! broker holds the next event of an order (its key) until that ack, so
+//! each payment or shipment event of an order is decided on a book that
+//! holds the effects of the ones before it.
+//!
+//! The first payment event of an order counts: a payment moves an order
+//! only while it is PLACED. A second payment of the same order (a
+//! duplicate stored past the broker's dedupe window) finds it PAID,
+//! CANCELLED or SHIPPED and changes nothing.
 
 use std::sync::{Arc, Mutex};
 
@@ -7,13 +19,15 @@ use mesh_proto::{
     orders::v1::{OrderStatus, OrderStatusChanged},
     shipping::v1::ShipmentScheduled,
 };
-use mesh_sdk::{Delivered, HandlerError, Producer, derive_id};
+use mesh_sdk::{Delivered, HandlerError, Producer, View, derive_id};
 
 use crate::book::Book;
 
 #[derive(Clone)]
 pub struct Follower {
+    /// Written only by `orders`, which follows the topic.
     pub book: Arc<Mutex<Book>>,
+    pub orders: View,
     pub producer: Producer,
 }
 
@@ -41,12 +55,18 @@ impl Follower {
         } else {
             return Ok(()); // not an event this service follows
         };
+        // Every change published so far, by any replica, is in the book.
+        self.orders.sync().await?;
         {
             let book = self.book.lock().expect("book lock");
-            if book.get(&order_id).is_none() {
+            let Some(order) = book.get(&order_id) else {
                 return Err(HandlerError::new(format!(
                     "order {order_id} is not known (yet)"
                 )));
+            };
+            let payment = status != OrderStatus::Shipped;
+            if payment && order.status() != OrderStatus::Placed {
+                return Ok(()); // not the order's first payment
             }
             if !book.would_advance(&order_id, status) {
                 return Ok(()); // already there: a redelivery or a late event
@@ -63,11 +83,9 @@ impl Follower {
             &format!("order-status-{}", status.as_str_name()),
             &d.event.id,
         );
-        self.producer.publish_event(id, &order_id, &change).await?;
-        self.book
-            .lock()
-            .expect("book lock")
-            .advance(&order_id, status, &reason);
+        let published = self.producer.publish_event(id, &order_id, &change).await?;
+        // Ack only once the book (the API's answer) holds the change.
+        self.orders.include(published.offset).await?;
         tracing::info!(order = %order_id, status = status.as_str_name(), "order status changed");
         Ok(())
     }

@@ -3,8 +3,11 @@
 //! topics (as consumer group `orders`) to move each order along PLACED →
 //! PAID → SHIPPED, or to CANCELLED, publishing OrderStatusChanged.
 //!
-//! State is rebuilt from the `orders` topic at start (every order and
-//! status change is an event there), so nothing else needs to be stored.
+//! The order book is built from the `orders` topic (every order and status
+//! change is an event there) and follows it for as long as the service
+//! runs ([`mesh_sdk::View`]); neither the API nor the handlers write it
+//! themselves. So every replica answers GetOrder alike, and nothing else
+//! needs to be stored. Orders serves its API once the book has caught up.
 //!
 //! - [`book`]: the in-memory order book.
 //! - [`validate`]: PlaceOrder input checks.
@@ -22,7 +25,7 @@ use mesh_proto::{
     DomainEvent,
     orders::v1::{OrderPlaced, OrderStatusChanged, orders_server::OrdersServer},
 };
-use mesh_sdk::{CancellationToken, Consumer, Producer, SdkError, config::ServiceConfig, tail};
+use mesh_sdk::{CancellationToken, Consumer, Producer, SdkError, View, config::ServiceConfig};
 use tokio::net::TcpListener;
 
 /// Settings: the SDK's `BasicConfig` from `orders.toml` and `ORDERS__*`
@@ -46,19 +49,29 @@ pub async fn run(
     let broker = cfg.broker()?;
     mesh_sdk::ensure_topics(&broker, &["orders", "payments", "shipments"], &shutdown).await?;
     let book = Arc::new(Mutex::new(book::Book::default()));
-    let b = book.clone();
-    let next = tail::replay(&broker, "orders", &shutdown, move |d| {
-        let mut book = b.lock().expect("book lock");
-        if let Ok(e) = d.decode::<OrderPlaced>() {
-            if let Some(o) = e.order {
-                book.placed(o);
+    let (orders, book_task) = View::follow(
+        &broker,
+        OrderPlaced::TOPIC,
+        book.clone(),
+        |book, d| {
+            if let Ok(e) = d.decode::<OrderPlaced>() {
+                if let Some(o) = e.order {
+                    book.placed(o);
+                }
+            } else if let Ok(e) = d.decode::<OrderStatusChanged>() {
+                book.advance(&e.order_id, e.status(), &e.reason);
             }
-        } else if let Ok(e) = d.decode::<OrderStatusChanged>() {
-            book.advance(&e.order_id, e.status(), &e.reason);
-        }
-    })
-    .await?;
-    tracing::info!(events = next, "order book rebuilt from the orders topic");
+        },
+        &shutdown,
+    );
+    // Serve nothing before the book holds every order placed so far.
+    if !orders.caught_up().await {
+        return Ok(());
+    }
+    tracing::info!(
+        events = orders.position(),
+        "order book caught up with the orders topic"
+    );
 
     let producer = Producer::new(&broker, SOURCE)?;
     let mut consumers = Vec::new();
@@ -68,6 +81,7 @@ pub async fn run(
     ] {
         let f = follow::Follower {
             book: book.clone(),
+            orders: orders.clone(),
             producer: producer.clone(),
         };
         let c = Consumer::new(&broker, topic, GROUP)?.name(SOURCE);
@@ -76,7 +90,12 @@ pub async fn run(
         ));
     }
 
-    let api = api::OrdersApi { book, producer };
+    consumers.push(book_task);
+    let api = api::OrdersApi {
+        book,
+        orders,
+        producer,
+    };
     mesh_sdk::server::serve_until(
         tonic::service::Routes::new(OrdersServer::new(api)),
         listener,

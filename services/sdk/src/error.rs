@@ -37,6 +37,23 @@ pub enum SdkError {
     Io(#[from] std::io::Error),
     #[error("broker: {0}")]
     Status(#[from] tonic::Status),
+    /// A read model ([`crate::view::View`]) did not reach `target` (or
+    /// could not learn the topic's head, `None`) in time: the broker is
+    /// away or the view is far behind. A handler failing with it is
+    /// retried later.
+    #[error(
+        "the read model of {topic:?} is at offset {position}, not at {} after {waited:?} (broker unreachable?)",
+        target.map_or("the topic's head".to_string(), |t| t.to_string())
+    )]
+    Behind {
+        topic: String,
+        position: u64,
+        target: Option<u64>,
+        waited: std::time::Duration,
+    },
+    /// The read model of `topic` no longer follows it (shutdown).
+    #[error("the read model of {topic:?} stopped")]
+    ViewStopped { topic: String },
     /// A background task of the service (a consumer, a reader) panicked or
     /// was cancelled.
     #[error("background task failed: {0}")]

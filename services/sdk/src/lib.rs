@@ -13,6 +13,8 @@
 //!   value every producer, consumer and reader takes.
 //! - [`ensure_topics`]: waiting for the topics a service needs.
 //! - [`tail`]: replaying or following a topic without a group.
+//! - [`view`]: a read model that follows its topic for as long as the
+//!   service runs, the same on every replica, with `sync` to the head.
 //! - [`events`]: typed events in the envelope, [`Delivered`],
 //!   [`HandlerError`], [`derive_id`].
 //! - [`app`]: a service's whole `main` (command line, config, telemetry,
@@ -32,6 +34,7 @@ pub mod producer;
 pub mod server;
 pub mod tail;
 mod topics;
+pub mod view;
 
 pub use config::{BasicConfig, ServiceConfig};
 pub use consumer::{Consumer, Start};
@@ -44,6 +47,7 @@ pub use mesh_telemetry;
 pub use producer::Producer;
 pub use tokio_util::sync::CancellationToken;
 pub use topics::ensure_topics;
+pub use view::View;
 
 /// A token cancelled on SIGTERM or SIGINT.
 pub fn shutdown_token() -> CancellationToken {

@@ -2,14 +2,21 @@
 //! `shipping` and publishes ShipmentScheduled to `shipments`. It never calls
 //! another service.
 //!
-//! Shipments are rebuilt from the `shipments` topic at start, so a
-//! redelivered payment finds its shipment and none is scheduled twice.
+//! Every replica follows the `shipments` topic (the register of shipments
+//! by order, which GetShipment answers from) and the `payments` topic (the
+//! first payment of each order, the one that counts) for as long as it
+//! runs ([`mesh_sdk::View`]); the handler never writes either itself. So
+//! every replica answers alike, and a payment redelivered to any replica
+//! finds its shipment: none is scheduled twice. Shipping serves its API
+//! once both have caught up with their topics.
 //!
-//! - [`handler`]: the PaymentAuthorized handler and the shipment register.
+//! - [`handler`]: the PaymentAuthorized handler.
+//! - [`payments`]: the first payment of each order.
 //! - [`api`]: the gRPC API (GetShipment).
 
 pub mod api;
 pub mod handler;
+pub mod payments;
 
 use std::{
     collections::BTreeMap,
@@ -21,7 +28,7 @@ use mesh_proto::{
     billing::v1::PaymentAuthorized,
     shipping::v1::{ShipmentScheduled, shipping_server::ShippingServer},
 };
-use mesh_sdk::{CancellationToken, Consumer, Producer, SdkError, config::ServiceConfig, tail};
+use mesh_sdk::{CancellationToken, Consumer, Producer, SdkError, View, config::ServiceConfig};
 use tokio::net::TcpListener;
 
 /// Settings: the SDK's `BasicConfig` from `shipping.toml` and `SHIPPING__*`
@@ -48,23 +55,39 @@ pub async fn run(
     let broker = cfg.broker()?;
     mesh_sdk::ensure_topics(&broker, &["payments", "shipments"], &shutdown).await?;
     let register: Register = Arc::default();
-    let r = register.clone();
-    tail::replay(&broker, ShipmentScheduled::TOPIC, &shutdown, move |d| {
-        if let Ok(ShipmentScheduled { shipment: Some(s) }) = d.decode::<ShipmentScheduled>() {
-            r.lock()
-                .expect("register lock")
-                .entry(s.order_id.clone())
-                .or_insert(s);
-        }
-    })
-    .await?;
+    let (shipments_view, shipments_task) = View::follow(
+        &broker,
+        ShipmentScheduled::TOPIC,
+        register.clone(),
+        |r, d| {
+            if let Ok(ShipmentScheduled { shipment: Some(s) }) = d.decode::<ShipmentScheduled>() {
+                r.entry(s.order_id.clone()).or_insert(s);
+            }
+        },
+        &shutdown,
+    );
+    let payments = Arc::new(Mutex::new(payments::Payments::default()));
+    let (payments_view, payments_task) = View::follow(
+        &broker,
+        PaymentAuthorized::TOPIC,
+        payments.clone(),
+        |p, d| p.apply(d),
+        &shutdown,
+    );
+    // Serve nothing before the register holds what was shipped so far.
+    if !shipments_view.caught_up().await || !payments_view.caught_up().await {
+        return Ok(());
+    }
     tracing::info!(
         shipments = register.lock().expect("register lock").len(),
-        "shipments rebuilt from the shipments topic"
+        "shipments caught up with the shipments topic"
     );
 
     let h = handler::Shipping {
         register: register.clone(),
+        shipments_view,
+        payments,
+        payments_view,
         producer: Producer::new(&broker, SOURCE)?,
     };
     let consumer = Consumer::new(&broker, PaymentAuthorized::TOPIC, GROUP)?.name(SOURCE);
@@ -76,7 +99,7 @@ pub async fn run(
         listener,
         &cfg.tls,
         shutdown,
-        vec![consumer],
+        vec![consumer, shipments_task, payments_task],
     )
     .await
 }

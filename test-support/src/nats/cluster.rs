@@ -220,6 +220,11 @@ impl NatsCluster {
     /// Every node's client URL, comma-separated
     /// (`nats://127.0.0.1:p1,nats://127.0.0.1:p2,...`), as NATS clients
     /// take a server list.
+    /// The process ids of the running nodes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().filter_map(|n| n.pid()).collect()
+    }
+
     pub fn urls(&self) -> String {
         let urls: Vec<String> = (0..self.len()).map(|i| self.client_url(i)).collect();
         urls.join(",")

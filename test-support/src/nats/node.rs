@@ -98,6 +98,11 @@ impl Node {
         }
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.lock().as_ref().map(|c| c.id())
+    }
+
     pub fn is_running(&self) -> bool {
         self.lock().is_some()
     }

@@ -72,6 +72,9 @@ pub struct JetStreamConfig {
     /// of a group whose dispatcher runs here; `""` takes this host's
     /// address towards NATS and the `listen` port.
     pub advertise_url: String,
+    /// The name the brokers' certificates carry, checked when one broker
+    /// forwards to another by address.
+    pub peer_tls_name: String,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -101,6 +104,7 @@ impl Default for JetStreamConfig {
             refresh_interval: o.refresh_interval,
             lease_ttl: Duration::from_secs(10),
             advertise_url: String::new(),
+            peer_tls_name: "broker".into(),
         }
     }
 }

@@ -29,6 +29,7 @@ use tonic::{Status, Streaming};
 
 use crate::{
     auth::{Caller, Verb},
+    cluster::Claim,
     convert,
     error::{BrokerError, Result},
     group::{
@@ -42,6 +43,7 @@ use crate::{
 
 pub type SubscribeStream = OutboxStream;
 
+mod forward;
 mod open;
 
 pub use open::parse_start;
@@ -52,10 +54,20 @@ fn msg(r: Response) -> Result<SubscribeResponse, Status> {
     Ok(SubscribeResponse { response: Some(r) })
 }
 
+/// How the call reached this broker, for forwarding it to the broker that
+/// holds its group.
+pub struct Via {
+    /// Another broker forwarded it (never forwarded again).
+    pub forwarded: bool,
+    /// The client's `authorization` header, passed on when forwarding.
+    pub authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
 pub async fn subscribe(
     broker: Arc<Shared>,
     who: Caller,
     conn_slot: StreamSlot,
+    via: Via,
     mut inbound: Streaming<SubscribeRequest>,
 ) -> Result<SubscribeStream> {
     if broker.is_stopping() {
@@ -116,6 +128,7 @@ pub async fn subscribe(
             "the first request on a Subscribe stream must be `open`",
         ));
     };
+    let raw_open = open.clone();
     let open = validate_open(&broker, open)?;
     let group = (!open.group.is_empty()).then_some(open.group.as_str());
     broker
@@ -131,9 +144,23 @@ pub async fn subscribe(
         });
     } else {
         let handle =
-            broker
-                .groups
-                .get_or_spawn(&open.topic, &open.group, &broker.storage, &broker.cfg)?;
+            match crate::cluster::claim(&broker, &open.topic, &open.group, via.forwarded).await? {
+                Claim::Local(h) => h,
+                Claim::Remote(url) => {
+                    let hold = (slot, conn_slot, crate::metrics::Connected::subscriber());
+                    forward::forward(
+                        &broker,
+                        &url,
+                        raw_open,
+                        via.authorization,
+                        inbound,
+                        tx,
+                        hold,
+                    )
+                    .await?;
+                    return Ok(rx);
+                }
+            };
         // Deliveries are bounded by the member's credit (an auto-ack
         // member's too: its session acks them only once they are in the
         // outbox), so this channel never holds more than that many events.

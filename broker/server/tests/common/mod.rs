@@ -83,6 +83,68 @@ pub fn unused_port() -> u16 {
     panic!("no free port in {base}..{}", base + 200);
 }
 
+/// Which storage a test's broker runs on.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    /// The embedded log in the test's directory.
+    Log,
+    /// The test binary's shared three-node JetStream cluster
+    /// (`mesh_test_support::nats::shared_cluster`), R3, in a namespace
+    /// named after the test's directory, so tests do not see each other
+    /// and a restart on the same directory finds the same streams.
+    Jetstream,
+}
+
+impl Backend {
+    /// Points `c` at this backend.
+    pub async fn apply(self, c: &mut BrokerConfig) {
+        if let Backend::Jetstream = self {
+            let cluster = mesh_test_support::nats::shared_cluster().await;
+            jetstream_on(c, &cluster.urls(), 3);
+        }
+    }
+}
+
+/// Runs `c` on the JetStream cluster at `urls` with `replicas` copies, in
+/// a namespace named after its data directory.
+pub fn jetstream_on(c: &mut BrokerConfig, urls: &str, replicas: usize) {
+    c.storage.backend = mesh_broker::config::Backend::Jetstream;
+    c.jetstream.servers = urls.to_string();
+    c.jetstream.replicas = replicas;
+    c.jetstream.namespace = c
+        .data_dir
+        .file_name()
+        .expect("a data directory name")
+        .to_string_lossy()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+}
+
+/// Each scenario `name(b: Backend)` as two tests, `log::name` and
+/// `jetstream::name`.
+#[macro_export]
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        mod log {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Log).await
+                }
+            )*
+        }
+        mod jetstream {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Jetstream).await
+                }
+            )*
+        }
+    };
+}
+
 pub struct TestBroker {
     pub addr: SocketAddr,
     pub dir: PathBuf,
@@ -93,13 +155,27 @@ pub struct TestBroker {
 impl TestBroker {
     /// Starts a broker in this process on a fresh ephemeral port.
     pub async fn start(dir: &Path, tweak: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
+        Self::start_on(Backend::Log, dir, tweak).await
+    }
+
+    /// Likewise, on `backend`.
+    pub async fn start_on(
+        backend: Backend,
+        dir: &Path,
+        tweak: impl FnOnce(&mut BrokerConfig),
+    ) -> TestBroker {
         let mut cfg = test_config(dir);
+        backend.apply(&mut cfg).await;
         tweak(&mut cfg);
-        let b = Self::spawn(cfg).await;
+        let mut b = Self::spawn(cfg).await;
         // Wait until it answers: bounded in time, and generously, since
         // many brokers start at once on a loaded 2-core machine.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while tokio::time::Instant::now() < deadline {
+            if b.task.as_ref().is_some_and(|t| t.is_finished()) {
+                let r = b.task.take().expect("checked").await;
+                panic!("broker stopped while starting: {r:?}");
+            }
             if let Ok(mut c) = b.try_client().await
                 && c.list_topics(pb::ListTopicsRequest {}).await.is_ok()
             {
@@ -164,8 +240,13 @@ pub struct Env {
 
 /// Starts a broker (test settings, then `tweak`) on a fresh directory.
 pub async fn env(tweak: impl FnOnce(&mut BrokerConfig)) -> Env {
+    env_on(Backend::Log, tweak).await
+}
+
+/// Likewise, on `backend`.
+pub async fn env_on(backend: Backend, tweak: impl FnOnce(&mut BrokerConfig)) -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let b = TestBroker::start(dir.path(), tweak).await;
+    let b = TestBroker::start_on(backend, dir.path(), tweak).await;
     let c = b.client().await;
     Env { b, c, _dir: dir }
 }

@@ -336,6 +336,13 @@ impl Mesh {
     }
 
     pub fn start(&mut self, service: &str) {
+        self.start_as(service, service);
+    }
+
+    /// Starts a process of `service` known (and logging) as `name`: a
+    /// replica next to others of the same service, which share its
+    /// consumer groups.
+    pub fn start_as(&mut self, service: &str, name: &str) {
         let prefix = service.to_uppercase();
         let mut env = Vec::new();
         if let Some(pki) = &self.pki {
@@ -346,8 +353,8 @@ impl Mesh {
             (format!("{prefix}__LISTEN"), "127.0.0.1:0".to_string()),
             (format!("{prefix}__BROKER"), self.broker_url()),
         ]);
-        let p = Proc::spawn(service, service, self.dir.path(), &env);
-        self.services.insert(service.to_string(), p);
+        let p = Proc::spawn(service, name, self.dir.path(), &env);
+        self.services.insert(name.to_string(), p);
     }
 
     pub fn start_all(&mut self) {
