@@ -121,30 +121,6 @@ fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
     ))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn old_servers_are_refused_with_both_versions_named() {
-        check_version("2.15.1").unwrap();
-        check_version("2.11.0").unwrap();
-        check_version("v2.12.0-beta.1").unwrap();
-        let e = check_version("2.9.10").unwrap_err().to_string();
-        assert!(e.contains("2.9.10") && e.contains("2.11.0"), "{e}");
-        assert!(check_version("garbage").is_err());
-    }
-
-    #[test]
-    fn server_lists_split_on_commas_and_bad_urls_are_config_errors() {
-        assert_eq!(server_addrs("nats://a:1, nats://b:2,").unwrap().len(), 2);
-        assert!(matches!(
-            server_addrs("nats://a:x"),
-            Err(LogError::Config(_))
-        ));
-    }
-}
-
 /// Runs `op` until it succeeds or `within` has passed: a cluster that has
 /// just formed (or is electing leaders after a node loss) times out or
 /// answers 503 for some seconds, which at start is worth waiting out.
@@ -172,5 +148,29 @@ where
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_servers_are_refused_with_both_versions_named() {
+        check_version("2.15.1").unwrap();
+        check_version("2.11.0").unwrap();
+        check_version("v2.12.0-beta.1").unwrap();
+        let e = check_version("2.9.10").unwrap_err().to_string();
+        assert!(e.contains("2.9.10") && e.contains("2.11.0"), "{e}");
+        assert!(check_version("garbage").is_err());
+    }
+
+    #[test]
+    fn server_lists_split_on_commas_and_bad_urls_are_config_errors() {
+        assert_eq!(server_addrs("nats://a:1, nats://b:2,").unwrap().len(), 2);
+        assert!(matches!(
+            server_addrs("nats://a:x"),
+            Err(LogError::Config(_))
+        ));
     }
 }
