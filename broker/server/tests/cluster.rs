@@ -97,22 +97,19 @@ async fn member(
                 // The stream broke (its broker died, the group moved).
                 Ok(Ok(None)) | Ok(Err(_)) => break,
             };
-            match msg {
-                Some(Response::Deliveries(d)) => {
-                    let mut acks = Vec::new();
-                    for d in d.deliveries {
-                        let ev = d.event.as_ref().and_then(|e| e.event.as_ref());
-                        seen.lock().unwrap().push(Seen {
-                            member: i,
-                            offset: offset(&d),
-                            key: ev.map(|e| e.subject.clone()).unwrap_or_default(),
-                            id: ev.map(|e| e.id.clone()).unwrap_or_default(),
-                        });
-                        acks.push(offset(&d));
-                    }
-                    s.ack(acks).await;
+            if let Some(Response::Deliveries(d)) = msg {
+                let mut acks = Vec::new();
+                for d in d.deliveries {
+                    let ev = d.event.as_ref().and_then(|e| e.event.as_ref());
+                    seen.lock().unwrap().push(Seen {
+                        member: i,
+                        offset: offset(&d),
+                        key: ev.map(|e| e.subject.clone()).unwrap_or_default(),
+                        id: ev.map(|e| e.id.clone()).unwrap_or_default(),
+                    });
+                    acks.push(offset(&d));
                 }
-                _ => {}
+                s.ack(acks).await;
             }
         }
     }
