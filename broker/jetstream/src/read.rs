@@ -27,15 +27,19 @@ pub fn record(msg: &Message) -> Result<Record> {
     let t = OffsetDateTime::parse(ts, &Rfc3339)
         .map_err(|e| bad(&format!("Nats-Time-Stamp {ts:?}: {e}")))?;
     let timestamp_us = (t.unix_timestamp_nanos() / 1000) as i64;
-    let id_hash = h
-        .get("Nats-Msg-Id")
-        .map_or(0, |id| xxhash_rust::xxh3::xxh3_128(id.as_str().as_bytes()));
     Ok(Record {
         offset: seq.saturating_sub(1),
         timestamp_us,
-        id_hash,
+        id_hash: id_hash(h),
         payload: msg.payload.clone(),
     })
+}
+
+/// The hash of a message's producer id (`Nats-Msg-Id`), as the log keeps
+/// for its records; 0 without one.
+pub fn id_hash(h: &HeaderMap) -> u128 {
+    h.get("Nats-Msg-Id")
+        .map_or(0, |id| xxhash_rust::xxh3::xxh3_128(id.as_str().as_bytes()))
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Result<&'a str> {

@@ -21,13 +21,13 @@ use async_nats::{
     jetstream::{self, context::PublishAckFuture, stream},
 };
 use async_trait::async_trait;
-use futures_util::{StreamExt, future::join_all};
+use futures_util::future::join_all;
 use mesh_log::{
     AppendRecord, Appended, CommitMode, GroupPosition, LogError, PendingAppend, Record, Result,
     RetentionReport, Storage, TopicConfig, TopicStats, now_us,
 };
 use prost::Message as _;
-use tokio::{sync::watch, task::JoinHandle, time::Instant};
+use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
     Options, connect,
@@ -55,12 +55,12 @@ pub struct JetStreamStorage {
 }
 
 pub(crate) struct Inner {
-    client: Client,
-    js: jetstream::Context,
-    opts: Options,
-    names: Names,
-    topics: Topics,
-    positions: Arc<Positions>,
+    pub(crate) client: Client,
+    pub(crate) js: jetstream::Context,
+    pub(crate) opts: Options,
+    pub(crate) names: Names,
+    pub(crate) topics: Topics,
+    pub(crate) positions: Arc<Positions>,
 }
 
 impl JetStreamStorage {
@@ -123,98 +123,6 @@ impl Inner {
         self.topics
             .get(name)
             .ok_or_else(|| LogError::TopicNotFound(name.to_string()))
-    }
-
-    /// Re-reads one topic's stream; forgets the topic if it is gone.
-    async fn refresh_one(&self, topic: &str) -> Result<Option<TopicStats>> {
-        match self.js.get_stream(self.names.stream(topic)).await {
-            Ok(mut s) => {
-                let info = s.info().await.map_err(backend("stream info"))?;
-                let stats = stats_of(&self.names, info);
-                if let Some(st) = &stats {
-                    self.topics.upsert(st.clone());
-                }
-                Ok(stats)
-            }
-            Err(e) if e.to_string().contains("not found") => {
-                self.topics.remove(topic);
-                Ok(None)
-            }
-            Err(e) => Err(backend("stream info")(e)),
-        }
-    }
-
-    async fn refresh_all(&self) -> Result<()> {
-        let started = Instant::now();
-        let mut streams = self.js.streams();
-        let mut listed = Vec::new();
-        while let Some(info) = streams.next().await {
-            let info = info.map_err(backend("list streams"))?;
-            if let Some(st) = stats_of(&self.names, &info) {
-                listed.push(st);
-            }
-        }
-        self.topics.replace_all(listed, started);
-        Ok(())
-    }
-
-    async fn refresh_loop(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(self.opts.refresh_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if let Err(e) = self.refresh_all().await {
-                tracing::debug!(error = %e, "refreshing the topic list failed; retrying");
-            }
-        }
-    }
-
-    /// Follows other brokers' announcements of head moves and of created
-    /// or deleted topics.
-    async fn notifications(self: Arc<Self>) {
-        loop {
-            let subs = async {
-                let heads = self.client.subscribe(self.names.notify_head("*")).await?;
-                let topics = self.client.subscribe(self.names.notify_topic("*")).await?;
-                Ok::<_, async_nats::SubscribeError>((heads, topics))
-            };
-            let (mut heads, mut topics) = match subs.await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot subscribe to broker notifications; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                    continue;
-                }
-            };
-            loop {
-                tokio::select! {
-                    m = heads.next() => match m {
-                        Some(m) => {
-                            let topic = m.subject.rsplit('.').next().and_then(crate::names::untoken);
-                            let head = std::str::from_utf8(&m.payload).ok().and_then(|s| s.parse().ok());
-                            if let (Some(t), Some(h)) = (topic, head) {
-                                self.topics.advance(&t, h);
-                            }
-                        }
-                        None => break,
-                    },
-                    m = topics.next() => match m {
-                        Some(m) => {
-                            if let Some(t) = m.subject.rsplit('.').next().and_then(crate::names::untoken) {
-                                let _ = self.refresh_one(&t).await;
-                            }
-                        }
-                        None => break,
-                    },
-                }
-            }
-        }
-    }
-
-    async fn notify(&self, subject: String, payload: String) {
-        if let Err(e) = self.client.publish(subject, payload.into()).await {
-            tracing::debug!(error = %e, "broker notification not sent");
-        }
     }
 }
 
@@ -364,6 +272,28 @@ impl Storage for JetStreamStorage {
             i.opts.request_timeout,
         )
         .await?;
+        // A direct get may be answered by a replica that has not applied
+        // the newest messages yet, which answers with nothing: ask the
+        // stream's leader for the one message instead, so a reader never
+        // spins on a lagging replica.
+        if records.is_empty() {
+            let stream =
+                i.js.get_stream_no_info(i.names.stream(topic))
+                    .await
+                    .map_err(backend("read"))?;
+            return match stream.get_raw_message(from + 1).await {
+                Ok(m) => Ok(vec![Record {
+                    offset: m.sequence.saturating_sub(1),
+                    timestamp_us: (m.time.unix_timestamp_nanos() / 1000) as i64,
+                    id_hash: read::id_hash(&m.headers),
+                    payload: m.payload,
+                }]),
+                Err(e) => {
+                    tracing::debug!(%topic, from, error = %e, "no message at the stream leader either");
+                    Ok(Vec::new())
+                }
+            };
+        }
         // Retention removed the front since the bounds were cached.
         if records.first().is_some_and(|r| r.offset > from)
             && let Some(t) = i.refresh_one(topic).await?

@@ -16,7 +16,8 @@
 //!   ([`group::actor`]) and the storage seam ([`group::store`]).
 //! - [`groups`]: the running group actors.
 //! - [`cluster`]: several brokers on one JetStream cluster: group leases,
-//!   forwarding members to the broker that holds their group.
+//!   forwarding members to the broker that holds their group; [`peers`]:
+//!   this broker's leases and its clients of the others.
 //! - [`limits`]: streams per connection and the publish rate per
 //!   principal.
 //! - [`dlq`]: dead-letter topics: append, list, redrive, purge.
@@ -40,6 +41,7 @@ pub mod groups;
 pub mod limits;
 pub mod metrics;
 pub mod outbox;
+pub mod peers;
 pub mod publish;
 pub mod server;
 pub mod service;

@@ -8,12 +8,12 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::{
     auth::Auth,
-    cluster::Cluster,
     config::BrokerConfig,
     error::{BrokerError, Result},
     groups::Groups,
     limits::{PublishRate, StreamsPerConnection},
     outbox::Budget,
+    peers::Cluster,
 };
 
 pub struct Shared {

@@ -91,3 +91,49 @@ fn values_that_do_not_fit_together_name_the_key() {
     let e = c.validate().unwrap_err().to_string();
     assert!(e.contains("storage.fsync_interval"), "{e}");
 }
+
+#[test]
+fn the_jetstream_backend_is_checked_at_load_and_names_the_key() {
+    let c = from_toml(
+        "[storage]\nbackend = \"jetstream\"\n[jetstream]\nservers = \"nats://a:4222,nats://b:4222\"\nreplicas = 3\nlease_ttl = \"5s\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.storage.backend, mesh_broker::config::Backend::Jetstream);
+    assert_eq!(c.jetstream_options().replicas, 3);
+    assert_eq!(c.jetstream.lease_ttl, Duration::from_secs(5));
+    let js = "[storage]\nbackend = \"jetstream\"\n";
+    for (text, key) in [
+        (
+            "[storage]\nbackend = \"kafka\"\n".to_string(),
+            "storage.backend",
+        ),
+        (
+            format!("{js}[jetstream]\nreplicas = 7\n"),
+            "jetstream.replicas",
+        ),
+        (
+            format!("{js}[jetstream]\nnamespace = \"a.b\"\n"),
+            "jetstream.namespace",
+        ),
+        (
+            format!("{js}[jetstream]\nservers = \"\"\n"),
+            "jetstream.servers",
+        ),
+        (
+            format!("{js}[jetstream]\nlease_ttl = \"10ms\"\n"),
+            "jetstream.lease_ttl",
+        ),
+        (
+            format!("{js}[jetstream.tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n"),
+            "jetstream.tls.ca",
+        ),
+        // The log's key file would silently protect nothing on JetStream.
+        (
+            "[storage]\nbackend = \"jetstream\"\nencryption_key_file = \"/k\"\n".to_string(),
+            "storage.encryption_key_file",
+        ),
+    ] {
+        let e = from_toml(&text).unwrap_err().to_string();
+        assert!(e.contains(key), "{text:?}: {e}");
+    }
+}

