@@ -16,7 +16,8 @@ orders are being placed.
 4. check the totals: every order SHIPPED on both orders replicas, exactly
    one payment and one shipment event per order in the log, every order
    invoiced, both analytics replicas' totals, no group lagging and no dead
-   letters, and no service container restarted;
+   letters (asked of both brokers), a dry-run SeekGroup through both
+   brokers, and no service container restarted;
 5. `down -v` at the end, also after a failure (with each service's log tail).
 
 The whole scenario runs under a time budget (CLUSTER_E2E_BUDGET seconds,
@@ -271,6 +272,12 @@ def main():
             log(f"analytics #{r}: {s['orders']} orders, revenue {s['revenue'][0]}")
         g = eventually("every group consumed everything, no dead letters", groups_settled, timeout=60)
         log(f"groups settled (lag, dead letters): {g}")
+        # An operator's seek works through either broker: the one not holding
+        # the group forwards it, as principal broker (acl.toml).
+        for b in range(1, REPLICAS + 1):
+            grpcurl(f"broker.{b}", "mesh.broker.v1.Broker/SeekGroup", {
+                "topic": "orders", "group": "billing", "position": {"earliest": {}}, "dry_run": True})
+        log("a dry-run SeekGroup answers through both brokers")
         for c, at in started.items():
             assert docker_inspect(c, "{{.State.StartedAt}}") == at, f"service container {c[:12]} was restarted"
         log(f"PASS in {time.time() - t0:.0f}s")
