@@ -8,13 +8,25 @@ use std::{
     process::Command,
 };
 
-/// `<target dir>/tools`, from the running test binary's path
-/// (`<target dir>/[<triple>/]<profile>/deps/<test>`).
+/// `<target dir>/tools`, from the running binary's path: a test binary
+/// lives in `<target dir>/[<triple>/]<profile>/deps/`, a bin (such as the
+/// benchmarks, which start nats-server clusters too) one level up, in
+/// `<profile>/`.
 pub(crate) fn tools_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    exe.ancestors()
-        .nth(3)
-        .expect("the test binary lives in <target>/<profile>/deps")
+    let exe = std::env::current_exe().expect("the running binary's path");
+    let profile = exe
+        .ancestors()
+        .skip(1)
+        .find(|d| {
+            !matches!(
+                d.file_name().and_then(|n| n.to_str()),
+                Some("deps" | "examples")
+            )
+        })
+        .expect("the binary lives in <target>/<profile>[/deps]");
+    profile
+        .parent()
+        .expect("the profile directory lives in the target directory")
         .join("tools")
 }
 

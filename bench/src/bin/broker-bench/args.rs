@@ -36,9 +36,11 @@ struct Cli {
     /// [default: 10; --quick: 2].
     #[arg(long, value_name = "N")]
     consume_seconds: Option<f64>,
-    /// Events per second of the latency run.
-    #[arg(long, value_name = "N", default_value_t = 5_000, value_parser = positive::<u64>)]
-    rate: u64,
+    /// Events per second of the latency run [default: 5000; with
+    /// --vs-jetstream: 200, below what one nats-server with
+    /// `sync_interval: always` stores (it fsyncs every message)].
+    #[arg(long, value_name = "N", value_parser = positive::<u64>)]
+    rate: Option<u64>,
     /// Length of the latency run, in seconds [default: 5; --quick: 0.5].
     #[arg(long, value_name = "N")]
     latency_seconds: Option<f64>,
@@ -55,6 +57,26 @@ struct Cli {
     /// scenario in every round.
     #[arg(long, value_enum, default_value_t = OnOff::Off)]
     encryption: OnOff,
+    /// Instead of the scenarios above: JetStream directly (async-nats)
+    /// against the broker on JetStream, on nats-server clusters this run
+    /// starts (`vs_jetstream.rs`). Uses --rounds, --seconds, --events,
+    /// --prefill (default here 5000; --quick: 500), --consume-seconds,
+    /// --rate and --latency-seconds.
+    #[arg(long)]
+    vs_jetstream: bool,
+    /// Stream replicas of --vs-jetstream, comma-separated: 1 runs on one
+    /// nats-server, 3 on a three-node cluster.
+    #[arg(long, value_name = "N,...", value_delimiter = ',', default_value = "1,3", value_parser = replicas)]
+    replicas: Vec<usize>,
+}
+
+/// 1 or 3: the cluster sizes the NATS harness starts.
+fn replicas(v: &str) -> Result<usize, String> {
+    match v {
+        "1" => Ok(1),
+        "3" => Ok(3),
+        _ => Err(format!("{v}: must be 1 or 3")),
+    }
 }
 
 /// The values of `--fsync`.
@@ -115,6 +137,10 @@ pub struct Args {
     pub tls: Vec<bool>,
     /// Encryption at rest off, on, or both, in this order.
     pub encryption: Vec<bool>,
+    /// Run `vs_jetstream` instead of the scenarios.
+    pub vs_jetstream: bool,
+    /// The replicas `vs_jetstream` measures, in this order.
+    pub replicas: Vec<usize>,
 }
 
 impl Args {
@@ -152,9 +178,17 @@ impl Cli {
             events: self.events.unwrap_or(count(100_000, 3_000_000)),
             rounds: self.rounds.unwrap_or(if q { 1 } else { 3 }),
             probe_seconds: secs(0.1, 1.0),
-            prefill: self.prefill.unwrap_or(count(30_000, 1_000_000)),
+            // --vs-jetstream fills two streams per round and replicas
+            // setting, at JetStream's rate: fewer events.
+            prefill: self.prefill.unwrap_or(if self.vs_jetstream {
+                count(500, 5_000)
+            } else {
+                count(30_000, 1_000_000)
+            }),
             consume_seconds: self.consume_seconds.unwrap_or(secs(2.0, 10.0)),
-            rate: self.rate,
+            rate: self
+                .rate
+                .unwrap_or(if self.vs_jetstream { 200 } else { 5_000 }),
             latency_seconds: self.latency_seconds.unwrap_or(secs(0.5, 5.0)),
             only: if self.only.is_empty() {
                 Part::value_variants().to_vec()
@@ -163,6 +197,8 @@ impl Cli {
             },
             tls: self.tls.values(),
             encryption: self.encryption.values(),
+            vs_jetstream: self.vs_jetstream,
+            replicas: self.replicas,
         }
     }
 }
@@ -201,6 +237,15 @@ mod tests {
         assert_eq!((quick.prefill, quick.consume_seconds), (30_000, 2.0));
         assert_eq!(quick.latency_seconds, 0.5);
         assert!(quick.quick);
+        assert!(!full.vs_jetstream);
+        assert_eq!(full.replicas, [1, 3]);
+
+        let js = parse(&["--vs-jetstream", "--replicas", "3"]).unwrap();
+        assert!(js.vs_jetstream);
+        assert_eq!((js.prefill, &js.replicas[..]), (5_000, &[3][..]));
+        assert_eq!(js.rate, 200);
+        let js = parse(&["--vs-jetstream", "--quick"]).unwrap();
+        assert_eq!(js.prefill, 500);
     }
 
     #[test]
@@ -268,6 +313,7 @@ mod tests {
             (&["--tls", "yes"], "--tls"),
             (&["--encryption", "aes"], "--encryption"),
             (&["--only", "publish,foo"], "--only"),
+            (&["--replicas", "2"], "--replicas"),
             (&["--dir"], "--dir"),
             (&["--bogus"], "--bogus"),
         ] {

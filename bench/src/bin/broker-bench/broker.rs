@@ -68,8 +68,21 @@ pub struct RunningBroker {
 
 impl RunningBroker {
     pub fn start(rt: &Runtime, args: &Args, sec: &Security, label: &str) -> Res<Self> {
+        Self::start_with(rt, args, sec, label, |_| {})
+    }
+
+    /// As [`RunningBroker::start`], with `edit` applied to the config last
+    /// (`--vs-jetstream` points it at a NATS cluster).
+    pub fn start_with(
+        rt: &Runtime,
+        args: &Args,
+        sec: &Security,
+        label: &str,
+        edit: impl FnOnce(&mut BrokerConfig),
+    ) -> Res<Self> {
         let dir = RunDir::new(&args.dir, label).map_err(err)?;
-        let cfg = broker_config(args, sec, dir.0.clone());
+        let mut cfg = broker_config(args, sec, dir.0.clone());
+        edit(&mut cfg);
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .map_err(err)?;

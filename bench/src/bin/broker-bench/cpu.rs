@@ -2,21 +2,35 @@
 
 use std::fs;
 
+/// A `/proc/.../stat` line's command name and CPU time (utime + stime) in
+/// seconds.
+fn ticks(stat: &str) -> Option<(String, f64)> {
+    // SAFETY: sysconf has no preconditions.
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let (l, r) = (stat.find('(')?, stat.rfind(')')?);
+    let comm = stat[l + 1..r].to_string();
+    let f: Vec<&str> = stat[r + 2..].split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime); f[0] is field 3.
+    let t = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some((comm, t / tck))
+}
+
+/// CPU time used so far by the processes `pids` together (the
+/// nats-server nodes of `--vs-jetstream`), in seconds; a process that is
+/// gone counts 0.
+pub fn processes_cpu(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|p| fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|s| ticks(&s))
+        .map(|t| t.1)
+        .sum()
+}
+
 /// CPU time used so far, in seconds: (whole process, client runtime
 /// threads). Read from /proc; the process total includes threads that have
 /// exited, the client part only live threads (the client runtime's threads
 /// live for the whole run).
 pub fn cpu_now() -> (f64, f64) {
-    // SAFETY: sysconf has no preconditions.
-    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let ticks = |stat: &str| -> Option<(String, f64)> {
-        let (l, r) = (stat.find('(')?, stat.rfind(')')?);
-        let comm = stat[l + 1..r].to_string();
-        let f: Vec<&str> = stat[r + 2..].split_whitespace().collect();
-        // Fields 14 and 15 (utime, stime); f[0] is field 3.
-        let t = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-        Some((comm, t / tck))
-    };
     let total = fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|s| ticks(&s))

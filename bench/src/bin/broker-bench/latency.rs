@@ -55,9 +55,12 @@ fn due_tick(i: u64, rate: u64) -> u64 {
 /// `rate` events/s from `start`, each carrying its due time (nanoseconds
 /// since `base`) in the first 8 bytes of its data and in `due_at`. Runs on
 /// a blocking-pool thread and sleeps with the OS timer, so ticks are not
-/// rounded up to the tokio timer's millisecond. Returns the events sent.
-fn pace(
-    tx: mpsc::Sender<pb::PublishRequest>,
+/// rounded up to the tokio timer's millisecond. `send(i, data)` hands
+/// event `i` to the publisher (the broker's Publish stream, or JetStream
+/// directly in `--vs-jetstream`) without waiting for it. Returns the
+/// events sent.
+pub fn pace(
+    mut send: impl FnMut(u64, Bytes) -> Res<()>,
     (base, start): (Instant, Instant),
     (rate, want, limit): (u64, u64, Duration),
     due_at: &[AtomicU64],
@@ -83,12 +86,7 @@ fn pace(
             let at = at.duration_since(base).as_nanos() as u64;
             payload[..8].copy_from_slice(&at.to_le_bytes());
             due_at[sent as usize].store(at, Ordering::Relaxed);
-            let req = pb::PublishRequest {
-                sequence: sent,
-                topic: TOPIC.into(),
-                events: vec![event(format!("lat-{sent}"), Bytes::from(payload.clone()))],
-            };
-            tx.blocking_send(req).map_err(err)?;
+            send(sent, Bytes::from(payload.clone()))?;
             sent += 1;
         }
         tick = tick_now + 1;
@@ -155,10 +153,19 @@ pub async fn latency_run(target: Target, rate: u64, secs: f64) -> Res<Latency> {
         })
     };
     let start = Instant::now();
-    let sent =
-        tokio::task::spawn_blocking(move || pace(tx, (base, start), (rate, want, limit), &due_at))
-            .await
-            .map_err(err)??;
+    let send = move |sequence, data| {
+        let req = pb::PublishRequest {
+            sequence,
+            topic: TOPIC.into(),
+            events: vec![event(format!("lat-{sequence}"), data)],
+        };
+        tx.blocking_send(req).map_err(err)
+    };
+    let sent = tokio::task::spawn_blocking(move || {
+        pace(send, (base, start), (rate, want, limit), &due_at)
+    })
+    .await
+    .map_err(err)??;
     let publish_lat = acks.await.map_err(err)??;
     let (lat, ack_tx, sub_rx) = receiver.await.map_err(err)??;
     drop((ack_tx, sub_rx));

@@ -6,6 +6,8 @@
 //!     [--prefill N] [--consume-seconds N] [--rate N] [--latency-seconds N]
 //!     [--only publish,unary,baseline,consume,latency]
 //!     [--tls off|on|both] [--encryption off|on|both]
+//! cargo run --release -p mesh-bench --bin broker-bench -- --vs-jetstream
+//!     [--quick] [--replicas 1,3] [--rounds N] [--seconds N] [--prefill N] ...
 //! ```
 //!
 //! A real broker (`mesh_broker::run`, default config, `fsync = always`) runs in
@@ -38,6 +40,10 @@
 //! throttled state, so the scenarios are interleaved in rounds (each round
 //! starts with a raw fdatasync probe) and ratios are taken within a round.
 //!
+//! `--vs-jetstream` (`vs_jetstream.rs`, `js_direct.rs`, `js_report.rs`)
+//! runs none of the above but JetStream directly against the broker on
+//! JetStream, on nats-server clusters it starts (`--replicas 1,3`).
+//!
 //! `--tls` and `--encryption` (`security.rs`) choose the security
 //! variants: TLS on is mutual TLS with a development PKI made in a run
 //! directory (`mesh_certs::write_dev_pki`), the broker with auth = "mtls"
@@ -58,6 +64,8 @@ mod broker;
 mod compare;
 mod consume;
 mod cpu;
+mod js_direct;
+mod js_report;
 mod latency;
 mod publish;
 mod report;
@@ -65,6 +73,7 @@ mod rounds;
 mod security;
 mod stats;
 mod unary;
+mod vs_jetstream;
 
 use std::time::Instant;
 
@@ -96,6 +105,11 @@ fn nanos_since(base: Instant) -> u64 {
 fn main() {
     let args = Args::from_env();
     let run = || -> Res<()> {
+        if args.vs_jetstream {
+            let results = vs_jetstream::run(&args)?;
+            println!("{}", js_report::write(&args, &results));
+            return Ok(());
+        }
         let results = rounds::run(&args)?;
         println!("{}", report::write(&args, &results));
         Ok(())
@@ -175,6 +189,37 @@ mod tests {
                 .unwrap()
                 .0
                 > 0.0
+        );
+    }
+
+    /// `--vs-jetstream --quick` against one real nats-server: every
+    /// workload runs on both sides, the consumers read the whole prefill,
+    /// and the report has the ratios.
+    #[test]
+    fn vs_jetstream_quick_run_completes() {
+        let args = Args::try_parse_from([
+            "broker-bench",
+            "--vs-jetstream",
+            "--quick",
+            "--replicas",
+            "1",
+            "--latency-seconds",
+            "0.2",
+        ])
+        .unwrap();
+        let r = vs_jetstream::run(&args).unwrap();
+        let p = &r.per_replicas[0];
+        assert_eq!(p.replicas, 1);
+        assert!(p.a_publish[0].run.events > 0);
+        assert!(p.b_publish.iter().all(|runs| runs[0].run.events > 0));
+        assert!(p.a_consume[0].run.events >= args.prefill);
+        assert!(p.b_consume[0].run.events >= args.prefill);
+        assert_eq!((p.a_latency[0].sent, p.a_latency[0].delivered), (40, 40));
+        assert_eq!((p.b_latency[0].sent, p.b_latency[0].delivered), (40, 40));
+        let text = js_report::write(&args, &r);
+        assert!(
+            text.contains("### R1") && text.contains("B/A per round"),
+            "{text}"
         );
     }
 

@@ -96,8 +96,8 @@ pub struct Security {
 }
 
 impl Security {
-    /// Plaintext everywhere; needs no files.
-    #[cfg(test)]
+    /// Plaintext everywhere; needs no files (the tests, and
+    /// `--vs-jetstream`).
     pub fn plain() -> Security {
         Security {
             variant: Variant::PLAIN,
