@@ -127,7 +127,7 @@ for case in "${cases[@]}"; do
     echo "self-check: $file with '$expr' was rejected, but not with: $want" >&2
     exit 1
   fi
-  echo "rejected: $file with '$expr': $(grep -F -- "$want" <<<"$out" | head -1)"
+  echo "rejected: $file with '$expr': $(grep -F -- "$want" <<<"$out" | sed -n 1p)"
   rejected=$((rejected + 1))
 done
 

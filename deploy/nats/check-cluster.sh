@@ -37,7 +37,7 @@ for i in 1 2 3; do
 done
 declare -a mon
 for i in 1 2 3; do
-  mon[i]=$(docker port "$tag-$i" 8222/tcp | head -1)
+  mon[i]=$(docker port "$tag-$i" 8222/tcp | sed -n 1p)
 done
 
 # One look at the three monitors; prints what is missing, exit 0 if formed.
