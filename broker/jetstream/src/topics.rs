@@ -106,11 +106,7 @@ impl Topics {
                 let head = stats.head.max(*e.head.borrow());
                 e.stats = TopicStats { head, ..stats };
                 e.updated = Instant::now();
-                e.head.send_if_modified(|h| {
-                    let moved = head > *h;
-                    *h = head.max(*h);
-                    moved
-                });
+                raise(&e.head, head);
             }
             None => {
                 let (tx, _) = watch::channel(stats.head);
@@ -131,11 +127,7 @@ impl Topics {
     pub fn advance(&self, topic: &str, head: u64) {
         let map = self.map.read().expect("topics lock");
         if let Some(e) = map.get(topic) {
-            e.head.send_if_modified(|h| {
-                let moved = head > *h;
-                *h = head.max(*h);
-                moved
-            });
+            raise(&e.head, head);
         }
     }
 
@@ -155,6 +147,16 @@ impl Topics {
         let mut map = self.map.write().expect("topics lock");
         map.retain(|k, e| names.contains(k) || e.updated > started);
     }
+}
+
+/// Moves a head watch up to `head` (never down), waking its receivers only
+/// if it moved.
+fn raise(tx: &watch::Sender<u64>, head: u64) {
+    tx.send_if_modified(|h| {
+        let moved = head > *h;
+        *h = head.max(*h);
+        moved
+    });
 }
 
 /// Shared by the storage and its background tasks.
