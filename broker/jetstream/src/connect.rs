@@ -8,11 +8,13 @@ use async_nats::{Client, ConnectOptions, ServerAddr};
 use crate::Options;
 use mesh_log::{LogError, Result};
 
-/// The oldest nats-server the backend works with: 2.11 added batched
-/// direct gets (`batch`, `max_bytes`) and direct gets by start time, which
-/// every read and every seek by time uses. (Debian's 2.9.10 would answer
-/// them with a single message and so silently read one event at a time.)
-pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 11, 0);
+/// The oldest nats-server the backend works with: 2.14 added
+/// `CONSUMER.RESET`, with which a group's new dispatcher takes its
+/// consumer back to the group's position; 2.11 added batched direct gets
+/// (`batch`, `max_bytes`) and direct gets by start time, which every read
+/// and every seek by time uses. (Debian's 2.9.10 would answer them with a
+/// single message and so silently read one event at a time.)
+pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 14, 0);
 
 /// Connects, retrying until `connect_timeout`, and checks the server's
 /// version and that JetStream is enabled for this account.
@@ -158,10 +160,11 @@ mod tests {
     #[test]
     fn old_servers_are_refused_with_both_versions_named() {
         check_version("2.15.1").unwrap();
-        check_version("2.11.0").unwrap();
-        check_version("v2.12.0-beta.1").unwrap();
+        check_version("2.14.0").unwrap();
+        check_version("v2.14.1-beta.1").unwrap();
+        assert!(check_version("2.13.9").is_err());
         let e = check_version("2.9.10").unwrap_err().to_string();
-        assert!(e.contains("2.9.10") && e.contains("2.11.0"), "{e}");
+        assert!(e.contains("2.9.10") && e.contains("2.14.0"), "{e}");
         assert!(check_version("garbage").is_err());
     }
 

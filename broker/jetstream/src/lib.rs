@@ -7,13 +7,15 @@
 //!   messages, positions in a key-value bucket.
 //! - [`topics`]: the cached view of the streams; `follow` keeps it fresh.
 //! - [`positions`]: group positions in the `mesh-positions` bucket.
-//! - [`read`]: batched direct gets (reads without consumers).
+//! - [`read`]: batched direct gets (reads without consumers: tails).
+//! - [`consumers`]: a group as a durable pull consumer.
 //! - [`lease`]: which broker runs a (topic, group)'s dispatcher.
 //! - [`connect`]: connecting, and refusing servers that are too old.
 //! - [`names`]: topic, group and key encodings into JetStream names.
 //! - [`options`]: [`Options`], what the backend is told.
 
 pub mod connect;
+pub mod consumers;
 mod error;
 mod follow;
 pub mod lease;

@@ -100,6 +100,25 @@ impl JetStreamStorage {
         })
     }
 
+    /// `group`'s durable consumer on `topic`'s stream (created on first
+    /// use), through which its dispatcher fetches and settles.
+    pub fn group_consumer(
+        &self,
+        topic: &str,
+        group: &str,
+        settings: crate::consumers::ConsumerSettings,
+    ) -> crate::consumers::GroupConsumer {
+        let i = &self.inner;
+        crate::consumers::GroupConsumer::new(
+            i.client.clone(),
+            i.js.clone(),
+            i.names.stream(topic),
+            group,
+            settings,
+            i.opts.request_timeout,
+        )
+    }
+
     /// Opens this mesh's group leases (`<namespace>-leases`), replicated
     /// like its streams.
     pub async fn leases(&self, ttl: std::time::Duration) -> Result<crate::lease::Leases> {
@@ -366,8 +385,10 @@ impl Storage for JetStreamStorage {
     }
 
     async fn delete_group(&self, topic: &str, group: &str) -> Result<()> {
-        self.inner.topic(topic)?;
-        if !self.inner.positions.delete(topic, group).await? {
+        let i = &self.inner;
+        i.topic(topic)?;
+        crate::consumers::delete(&i.js, &i.names.stream(topic), group).await?;
+        if !i.positions.delete(topic, group).await? {
             return Err(LogError::GroupNotFound {
                 topic: topic.into(),
                 group: group.into(),

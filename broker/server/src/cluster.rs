@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::{
     error::{BrokerError, Result},
-    group::GroupHandle,
+    group::{self, GroupHandle, consumer::ConsumerStore},
     state::Shared,
 };
 
@@ -52,9 +52,8 @@ pub async fn claim(
     forwarded: bool,
 ) -> Result<Claim> {
     let Some(cluster) = &broker.cluster else {
-        let h = broker
-            .groups
-            .get_or_spawn(topic, group, &broker.storage, &broker.cfg)?;
+        let spawn = || group::spawn(topic, group, broker.storage.clone(), broker.cfg.clone());
+        let h = broker.groups.get_or_spawn(topic, group, spawn)?;
         return Ok(Claim::Local(h));
     };
     if let Some(h) = broker.groups.get(topic, group) {
@@ -66,9 +65,13 @@ pub async fn claim(
     }
     match cluster.leases.acquire(topic, group, &cluster.me).await? {
         Acquire::Held(lease) => {
-            let h = broker
-                .groups
-                .get_or_spawn(topic, group, &broker.storage, &broker.cfg)?;
+            // On JetStream the group reads and settles through its
+            // durable consumer.
+            let spawn = || {
+                let store = ConsumerStore::new(&cluster.js, broker.cfg.clone(), topic, group);
+                group::spawn_on(Arc::new(store), topic, group, broker.cfg.clone())
+            };
+            let h = broker.groups.get_or_spawn(topic, group, spawn)?;
             let keeper = tokio::spawn(keep(
                 broker.clone(),
                 topic.to_string(),

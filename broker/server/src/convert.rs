@@ -31,6 +31,18 @@ pub struct StoredRecord {
     pub timestamp_us: i64,
     /// The encoded `Event`; shares the read buffer.
     pub payload: Bytes,
+    /// How the group's consumer handed it over (JetStream backend);
+    /// `None` for a read from the topic itself.
+    pub delivery: Option<Delivery>,
+}
+
+/// One delivery of an event by a group's JetStream consumer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// Where its settlement (ack, nak, progress, term) goes.
+    pub reply: std::sync::Arc<str>,
+    /// Deliveries so far, this one included, as JetStream counts them.
+    pub delivered: u32,
 }
 
 impl From<Record> for StoredRecord {
@@ -39,6 +51,7 @@ impl From<Record> for StoredRecord {
             offset: r.offset,
             timestamp_us: r.timestamp_us,
             payload: r.payload,
+            delivery: None,
         }
     }
 }

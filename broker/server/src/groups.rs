@@ -1,15 +1,9 @@
 //! The running group dispatchers, one per (topic, group), started when a
 //! group's first member joins.
 
-use std::{collections::HashMap, sync::Arc, sync::Mutex};
+use std::{collections::HashMap, sync::Mutex};
 
-use mesh_log::Storage;
-
-use crate::{
-    config::BrokerConfig,
-    error::Result,
-    group::{self, GroupHandle},
-};
+use crate::{error::Result, group::GroupHandle};
 
 #[derive(Default)]
 pub struct Groups {
@@ -24,19 +18,19 @@ impl Groups {
             .cloned()
     }
 
+    /// The group's running dispatcher, or a new one from `spawn`.
     pub fn get_or_spawn(
         &self,
         topic: &str,
         group: &str,
-        storage: &Arc<dyn Storage>,
-        cfg: &Arc<BrokerConfig>,
+        spawn: impl FnOnce() -> Result<GroupHandle>,
     ) -> Result<GroupHandle> {
         let mut map = self.map.lock().expect("groups lock");
         let key = (topic.to_string(), group.to_string());
         if let Some(h) = map.get(&key).filter(|h| !h.tx.is_closed()) {
             return Ok(h.clone());
         }
-        let h = group::spawn(topic, group, storage.clone(), cfg.clone())?;
+        let h = spawn()?;
         map.insert(key, h.clone());
         Ok(h)
     }

@@ -3,9 +3,16 @@
 //! brokers (see [`crate::cluster`] for how groups are claimed, kept and
 //! forwarded).
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use mesh_jetstream::lease::{Holder, Leases};
+use mesh_jetstream::{
+    JetStreamStorage,
+    lease::{Holder, Leases},
+};
 use mesh_proto::broker::v1::broker_client::BrokerClient;
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -14,6 +21,8 @@ use crate::error::{BrokerError, Result};
 
 /// This broker's place among the others.
 pub struct Cluster {
+    /// The backend itself, for the groups' durable consumers.
+    pub js: Arc<JetStreamStorage>,
     pub leases: Leases,
     /// What this broker writes into the leases it holds.
     pub me: Holder,
@@ -32,8 +41,14 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(leases: Leases, me: Holder, peer_tls: Option<ClientTlsConfig>) -> Cluster {
+    pub fn new(
+        js: Arc<JetStreamStorage>,
+        leases: Leases,
+        me: Holder,
+        peer_tls: Option<ClientTlsConfig>,
+    ) -> Cluster {
         Cluster {
+            js,
             leases,
             me,
             peer_tls,

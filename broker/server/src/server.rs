@@ -36,7 +36,8 @@ async fn open_storage(
             (Arc::new(storage), None)
         }
         Backend::Jetstream => {
-            let js = mesh_jetstream::JetStreamStorage::open(cfg.jetstream_options()).await?;
+            let js =
+                Arc::new(mesh_jetstream::JetStreamStorage::open(cfg.jetstream_options()).await?);
             let leases = js.leases(cfg.jetstream.lease_ttl).await?;
             let url = crate::cluster::advertise_url(cfg, addr).await?;
             let peer_tls = cfg.tls.client("tls.", &cfg.jetstream.peer_tls_name)?;
@@ -45,7 +46,8 @@ async fn open_storage(
                 url,
             };
             tracing::info!(url = %me.url, id = %me.id, "brokers forward group members here");
-            (Arc::new(js), Some(Cluster::new(leases, me, peer_tls)))
+            let storage: Arc<dyn Storage> = js.clone();
+            (storage, Some(Cluster::new(js, leases, me, peer_tls)))
         }
     })
 }

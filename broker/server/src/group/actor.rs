@@ -26,7 +26,7 @@ use tokio::{
 
 use super::{
     GroupHandle, JoinRequest, Joined, Outbound, SeekOutcome, Snapshot,
-    store::{GroupStore, LogStore, ReadError, StoredRecord, resolve_start},
+    store::{GroupStore, LogStore, ReadError, Settle, StoredRecord, resolve_start},
     window::{Effect, GroupWindow},
 };
 use crate::{
@@ -118,7 +118,7 @@ pub fn spawn_on(
     let head_rx = store.topic_store().watch_head()?;
     let (tx, rx) = mpsc::channel(1024);
     let (done_tx, done_rx) = mpsc::unbounded_channel();
-    let window = GroupWindow::new(
+    let mut window = GroupWindow::new(
         topic,
         group,
         cfg,
@@ -127,8 +127,13 @@ pub fn spawn_on(
         *head_rx.borrow(),
         Instant::now(),
     );
+    let settles = store.settles().then(|| {
+        window.settled_by_store();
+        spawn_settler(store.clone())
+    });
     let actor = Actor {
         window,
+        settles,
         store,
         outs: HashMap::new(),
         done: done_tx,
@@ -140,9 +145,31 @@ pub fn spawn_on(
     Ok(GroupHandle { tx })
 }
 
+/// Starts the task that sends a settling store its settlements, batch by
+/// batch in the window's order (one task, so a later settlement never
+/// overtakes an earlier one). It ends when the actor drops its sender,
+/// after sending what was queued.
+fn spawn_settler(store: Arc<dyn GroupStore>) -> mpsc::UnboundedSender<Vec<(Arc<str>, Settle)>> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<(Arc<str>, Settle)>>();
+    tokio::spawn(async move {
+        while let Some(batch) = rx.recv().await {
+            if let Err(e) = store.settle(batch).await {
+                // Unsettled deliveries come again after the consumer's
+                // ack_wait, or at the next dispatcher's rewind.
+                tracing::warn!(topic = %store.topic_store().topic(), error = %e, "settling deliveries failed");
+            }
+        }
+    });
+    tx
+}
+
 struct Actor {
     /// The group's delivery state; all decisions are its.
     window: GroupWindow,
+    /// Where settlements go, when the store settles deliveries (its
+    /// batches are unbounded in count but each holds events of the
+    /// bounded window).
+    settles: Option<mpsc::UnboundedSender<Vec<(Arc<str>, Settle)>>>,
     /// Where the group's events, position and dead letters are.
     store: Arc<dyn GroupStore>,
     /// Each member's channel to its session.
@@ -236,10 +263,7 @@ impl Actor {
         if let Some(r) = self.window.poll_read(now) {
             let (store, done) = (self.store.clone(), self.done.clone());
             tokio::spawn(async move {
-                let records = store
-                    .topic_store()
-                    .read(r.from, r.max_records, r.max_bytes)
-                    .await;
+                let records = store.read_group(r).await;
                 let _ = done.send(Done::Read(r.epoch, records));
             });
         }
@@ -264,6 +288,7 @@ impl Actor {
                 return;
             }
             let mut gone = Vec::new();
+            let mut settled = Vec::new();
             for effect in effects {
                 match effect {
                     Effect::Send(id, msg) => {
@@ -277,6 +302,7 @@ impl Actor {
                             gone.push(id);
                         }
                     }
+                    Effect::Settle(reply, how) => settled.push((reply, how)),
                     Effect::DeadLetter(off, letter) => {
                         let (store, done) = (self.store.clone(), self.done.clone());
                         tokio::spawn(async move {
@@ -285,6 +311,11 @@ impl Actor {
                         });
                     }
                 }
+            }
+            if let Some(tx) = &self.settles
+                && !settled.is_empty()
+            {
+                let _ = tx.send(settled);
             }
             if gone.is_empty() {
                 continue;

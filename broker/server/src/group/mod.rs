@@ -7,6 +7,9 @@
 //! - [`actor`]: the tokio task around it: commands from sessions,
 //!   storage calls as spawned futures that report back by message, so a
 //!   slow disk never delays an ack or a credit.
+//! - [`consumer`]: [`consumer::ConsumerStore`], the [`GroupStore`] of a
+//!   group on JetStream: its durable pull consumer keeps acks, nack
+//!   delays and delivery counts.
 //! - [`store`]: [`TopicStore`] (what every reader of a topic, tails too,
 //!   needs from storage) and [`GroupStore`] (a group's position and
 //!   dead letters on top), and their implementation on the embedded log.
@@ -36,6 +39,7 @@
 //!   since the last commit are delivered again (at-least-once).
 
 pub mod actor;
+pub mod consumer;
 pub mod store;
 pub mod window;
 
@@ -44,7 +48,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{BrokerError, Result};
 
-pub use actor::{Cmd, spawn};
+pub use actor::{Cmd, spawn, spawn_on};
 pub use store::{GroupStore, LogStore, LogTopic, ReadError, TopicStore, resolve_start};
 pub use window::GroupWindow;
 

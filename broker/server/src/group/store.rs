@@ -12,6 +12,11 @@
 //! therefore use neutral types ([`StoredRecord`], [`ReadError`]), not the
 //! log's.
 //!
+//! On JetStream a group reads through its own durable consumer, which
+//! also tracks every delivery: [`GroupStore::settles`] says so, and the
+//! window then settles each event there ([`Settle`]);
+//! [`crate::group::consumer::ConsumerStore`] is that store.
+//!
 //! Every async method may be slow (a disk, a network): the dispatcher
 //! runs them as spawned futures and never awaits one inside its loop.
 
@@ -21,8 +26,8 @@ use async_trait::async_trait;
 use mesh_log::{CommitMode, LogError, Storage};
 use tokio::sync::watch;
 
-use super::Start;
-pub use crate::convert::StoredRecord;
+use super::{Start, window::ReadRequest};
+pub use crate::convert::{Delivery, StoredRecord};
 use crate::{
     config::BrokerConfig,
     dlq,
@@ -40,6 +45,21 @@ pub enum ReadError {
     Damaged(BrokerError),
     /// Anything else; worth retrying later.
     Failed(BrokerError),
+}
+
+/// How the window settles one delivery with a store that tracks them
+/// (a JetStream consumer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settle {
+    /// Done: acked, or not an event for this group.
+    Ack,
+    /// Deliver it again after this delay (the broker's backoff).
+    Nak(Duration),
+    /// Still held (behind its key, or waiting for credit): do not
+    /// redeliver it yet.
+    Progress,
+    /// Dead-lettered: never deliver it again.
+    Term,
 }
 
 /// The topic's oldest stored offset and its head (one past the newest).
@@ -91,6 +111,29 @@ pub trait GroupStore: Send + Sync + 'static {
     /// How long ago the event at `offset` was published (zero if there is
     /// none or it cannot be read).
     async fn age_at(&self, offset: u64) -> Duration;
+
+    /// Whether the store tracks every delivery (a JetStream consumer): the
+    /// window then settles each event with [`GroupStore::settle`] and
+    /// leaves redelivery after a nack's delay to the store.
+    fn settles(&self) -> bool {
+        false
+    }
+    /// The group's next events. On the log, those from `r.from` on; a
+    /// store that [`settles`](GroupStore::settles) answers from its own
+    /// cursor instead (due redeliveries first), rewound to `r.from`
+    /// first when `r.rewind` is set.
+    async fn read_group(
+        &self,
+        r: ReadRequest,
+    ) -> std::result::Result<Vec<StoredRecord>, ReadError> {
+        self.topic_store()
+            .read(r.from, r.max_records, r.max_bytes)
+            .await
+    }
+    /// Settles deliveries, in order, by their [`Delivery::reply`].
+    async fn settle(&self, _batch: Vec<(Arc<str>, Settle)>) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Where a start position is in the topic: the one resolution used by

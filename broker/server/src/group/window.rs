@@ -15,7 +15,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use super::Outbound;
+use super::{Outbound, store::Settle};
 use crate::{
     config::BrokerConfig,
     dlq,
@@ -27,11 +27,13 @@ mod entry;
 #[cfg(test)]
 mod props;
 mod read_ahead;
+mod settle;
 #[cfg(test)]
 mod tests;
 mod timers;
 
 use entry::{Blocked, Entry, Keys, Member, State};
+use settle::backoff;
 
 /// Deliveries sent to a member in one message at most.
 const MAX_BATCH: usize = 256;
@@ -48,6 +50,10 @@ pub enum Effect {
     /// Send this to the member (its channel is bounded by its credit, so a
     /// full one means the session is gone: call [`GroupWindow::leave`]).
     Send(u64, Outbound),
+    /// Settle this delivery at the store ([`GroupStore::settle`]).
+    ///
+    /// [`GroupStore::settle`]: crate::group::GroupStore::settle
+    Settle(Arc<str>, Settle),
     /// Append this event to the group's dead-letter queue, then report
     /// with [`GroupWindow::dead_lettered`].
     DeadLetter(u64, Box<dlq::Letter>),
@@ -65,6 +71,9 @@ pub struct ReadRequest {
     pub max_records: usize,
     /// Payload wanted at most (a read returns at least one record anyway).
     pub max_bytes: usize,
+    /// A store that settles (a JetStream consumer) first moves its cursor
+    /// back to `from`: the first read of each epoch.
+    pub rewind: bool,
 }
 
 /// One consumer group's delivery state.
@@ -131,6 +140,18 @@ pub struct GroupWindow {
     next_lag: Instant,
     /// The topic's head as last seen.
     head: u64,
+    /// The store tracks every delivery (a JetStream consumer): each event
+    /// is settled there, and a nacked one comes back from the store after
+    /// its delay instead of from `delayed` (see `settle`).
+    settles: bool,
+    /// With `settles`: events whose redelivery delay has ended, waiting
+    /// for the store to hand them over again.
+    awaited: BTreeSet<u64>,
+    /// With `settles`: the epoch whose first read rewound the store.
+    rewound: Option<u64>,
+    /// With `settles`: when the events held here are next refreshed at
+    /// the store, so it does not redeliver them meanwhile.
+    next_progress: Instant,
     /// The group's Prometheus counters and gauges.
     metrics: GroupMetrics,
     /// What the actor must do next, in order.
@@ -177,6 +198,10 @@ impl GroupWindow {
             blocked: None,
             next_lag: now + cfg.delivery.lag_report_interval,
             head,
+            settles: false,
+            awaited: BTreeSet::new(),
+            rewound: None,
+            next_progress: now,
             metrics,
             effects: Vec::new(),
             cfg,
@@ -287,6 +312,7 @@ impl GroupWindow {
         self.keys.clear();
         self.ready.clear();
         self.delayed.clear();
+        self.awaited.clear();
         self.deadlines.clear();
         self.next_read = from;
         self.epoch += 1;
@@ -300,7 +326,7 @@ impl GroupWindow {
                 continue;
             }
             self.metrics.acked.increment(1);
-            self.complete(off);
+            self.complete(off, Settle::Ack);
         }
     }
 
@@ -312,7 +338,7 @@ impl GroupWindow {
             // nothing.
             if self.take_in_flight(member, off).is_ok() {
                 self.metrics.acked.increment(1);
-                self.complete(off);
+                self.complete(off, Settle::Ack);
             }
         }
     }
@@ -371,11 +397,12 @@ impl GroupWindow {
         Ok(())
     }
 
-    /// The event is done (acked or dead-lettered): release its key.
-    fn complete(&mut self, off: u64) {
+    /// The event is done (acked, or dead-lettered: `how`): release its key.
+    fn complete(&mut self, off: u64, how: Settle) {
         let Some(e) = self.pending.remove(&off) else {
             return;
         };
+        self.settle(&e.record, how);
         self.pending_bytes -= e.record.payload.len();
         if let Some(next) = e.key.and_then(|k| self.keys.release(&k, off))
             && let Some(e) = self.pending.get_mut(&next)
@@ -408,6 +435,7 @@ impl GroupWindow {
         let at = now + delay.max(backoff(&self.cfg, e.attempt));
         e.state = State::Delayed(at);
         self.delayed.insert((at, off));
+        self.settle_at(off, Settle::Nak(at - now));
     }
 
     /// The dead-letter append for `off` finished.
@@ -431,7 +459,7 @@ impl GroupWindow {
                 self.metrics.dead_lettered.increment(1);
                 tracing::warn!(topic = %self.topic, group = %self.group, offset = off, "event dead-lettered after the last delivery attempt");
                 if current {
-                    self.complete(off);
+                    self.complete(off, Settle::Term);
                 }
             }
             Err(_) if !current => {}
@@ -443,6 +471,7 @@ impl GroupWindow {
                     entry.attempt = self.max_attempts.saturating_sub(1);
                     entry.state = State::Delayed(at);
                     self.delayed.insert((at, off));
+                    self.settle_at(off, Settle::Nak(at - now));
                 }
             }
         }
@@ -455,27 +484,4 @@ impl GroupWindow {
         self.metrics.set_lag(0, Duration::ZERO);
         self.metrics.blocked.set(0.0);
     }
-
-    fn send_error(&mut self, member: u64, e: &BrokerError) {
-        if self.members.contains_key(&member) {
-            self.effects.push(Effect::Send(
-                member,
-                Outbound::Error(crate::error::to_proto(e)),
-            ));
-        }
-    }
-
-    pub fn broadcast_error(&mut self, e: &BrokerError) {
-        for &id in self.members.keys() {
-            self.effects
-                .push(Effect::Send(id, Outbound::Error(crate::error::to_proto(e))));
-        }
-    }
-}
-
-/// How long a redelivery waits after delivery `attempt`: doubling from
-/// `delivery.min_backoff`, at most `delivery.max_backoff`.
-fn backoff(cfg: &BrokerConfig, attempt: u32) -> Duration {
-    let d = &cfg.delivery;
-    mesh_runtime::backoff::exponential(d.min_backoff, d.max_backoff, attempt)
 }

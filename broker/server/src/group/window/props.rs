@@ -224,7 +224,9 @@ impl Harness {
                     }
                 }
                 Effect::DeadLetter(off, _) => self.dead_letters.push(off),
+                // The log's records carry no deliveries to settle.
                 Effect::Send(..) => {}
+                Effect::Settle(..) => panic!("a window on the log settled a delivery"),
             }
         }
         self.check();

@@ -7,12 +7,13 @@ use tokio::time::Instant;
 use super::{
     Effect, GroupWindow, MAX_BATCH, READ_BATCH, READ_MAX_BYTES, READ_RETRY, ReadRequest,
     entry::{Blocked, Entry, State},
+    settle::REDELIVERY_POLL,
 };
 use crate::{
     error::BrokerError,
     group::{
         Outbound,
-        store::{ReadError, StoredRecord},
+        store::{ReadError, Settle, StoredRecord},
     },
 };
 
@@ -44,19 +45,26 @@ impl GroupWindow {
         }
         self.read_backoff_until = None;
         let limit = self.read_limit();
-        if self.window_full() || self.next_read >= limit {
+        let due = self.redelivery_due();
+        if (self.window_full() || self.next_read >= limit) && !due {
             return None;
         }
         let l = &self.cfg.limits;
-        let room_events = l.group_window - self.pending.len();
-        let room_bytes = l.group_window_bytes - self.pending_bytes;
-        let readable = usize::try_from(limit - self.next_read).unwrap_or(usize::MAX);
+        let room_events = l.group_window.saturating_sub(self.pending.len());
+        let room_bytes = l.group_window_bytes.saturating_sub(self.pending_bytes);
+        let readable = usize::try_from(limit.saturating_sub(self.next_read)).unwrap_or(usize::MAX);
+        // Redeliveries a settling store owes come first in its answer.
+        let owed = if due { self.awaited.len() } else { 0 };
         self.reading = true;
         Some(ReadRequest {
             epoch: self.epoch,
             from: self.next_read,
-            max_records: room_events.min(READ_BATCH).min(readable),
-            max_bytes: room_bytes.min(READ_MAX_BYTES),
+            max_records: room_events
+                .min(READ_BATCH)
+                .min(readable)
+                .max(owed.min(READ_BATCH)),
+            max_bytes: room_bytes.min(READ_MAX_BYTES).max(1),
+            rewind: self.needs_rewind(),
         })
     }
 
@@ -72,6 +80,17 @@ impl GroupWindow {
             return; // the window was dropped since: read again from its new start
         }
         match result {
+            Ok(records) if self.settles => {
+                self.rewound = Some(epoch);
+                if records.is_empty() {
+                    // Nothing yet (a redelivery not due at the store, or
+                    // its unsettled limit reached): do not spin.
+                    self.read_backoff_until = Some(now + REDELIVERY_POLL);
+                }
+                for r in records {
+                    self.arrive(r);
+                }
+            }
             Ok(records) => {
                 for r in records {
                     self.next_read = r.offset + 1;
@@ -118,13 +137,19 @@ impl GroupWindow {
         });
     }
 
-    fn insert(&mut self, record: StoredRecord) {
-        let Some(entry) = Entry::read(&self.topic, &self.group, record) else {
+    pub(super) fn insert(&mut self, record: StoredRecord) {
+        let delivery = record.delivery.clone();
+        let Some(mut entry) = Entry::read(&self.topic, &self.group, record) else {
+            if let Some(d) = delivery {
+                // Not for this group: done at the store too.
+                self.effects.push(Effect::Settle(d.reply, Settle::Ack));
+            }
             return;
         };
+        // Deliveries the store counted before this one.
+        entry.attempt = delivery.map_or(0, |d| d.delivered.saturating_sub(1));
         let offset = entry.record.offset;
         let first_of_key = entry.key.as_ref().is_none_or(|k| self.keys.push(k, offset));
-        let mut entry = entry;
         if first_of_key {
             entry.state = State::Ready;
             self.ready.insert(offset);
@@ -190,6 +215,22 @@ impl GroupWindow {
         }
     }
 
+    pub(super) fn send_error(&mut self, member: u64, e: &BrokerError) {
+        if self.members.contains_key(&member) {
+            self.effects.push(Effect::Send(
+                member,
+                Outbound::Error(crate::error::to_proto(e)),
+            ));
+        }
+    }
+
+    pub fn broadcast_error(&mut self, e: &BrokerError) {
+        for &id in self.members.keys() {
+            self.effects
+                .push(Effect::Send(id, Outbound::Error(crate::error::to_proto(e))));
+        }
+    }
+
     /// Tells every member once when everything up to the head is handed out.
     pub fn report_caught_up(&mut self) {
         // Events held behind their key have not been handed out either:
@@ -198,6 +239,7 @@ impl GroupWindow {
         let caught_up = self.next_read >= self.head
             && self.ready.is_empty()
             && self.delayed.is_empty()
+            && self.awaited.is_empty()
             && self.keys.held() == 0;
         if !caught_up {
             self.caught_up_sent = false;

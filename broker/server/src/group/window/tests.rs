@@ -38,6 +38,7 @@ pub fn record(offset: u64, key: &str) -> StoredRecord {
         offset,
         timestamp_us: 1_000,
         payload: ev.encode_to_vec().into(),
+        delivery: None,
     }
 }
 

@@ -23,6 +23,7 @@ impl GroupWindow {
             self.deadlines.first().map(|&(t, _)| t),
             self.read_backoff_until,
             self.commit_due(),
+            self.progress_due(),
         ]
         .into_iter()
         .flatten()
@@ -49,13 +50,15 @@ impl GroupWindow {
                 break;
             }
             self.delayed.pop_first();
-            if let Some(e) = self.pending.get_mut(&off)
-                && e.state == State::Delayed(t)
+            if self
+                .pending
+                .get(&off)
+                .is_some_and(|e| e.state == State::Delayed(t))
             {
-                e.state = State::Ready;
-                self.ready.insert(off);
+                self.delay_ended(off);
             }
         }
+        self.refresh_held(now);
         while let Some(&(t, off)) = self.deadlines.first() {
             if t > now {
                 break;
