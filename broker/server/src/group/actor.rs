@@ -145,11 +145,14 @@ pub fn spawn_on(
     Ok(GroupHandle { tx })
 }
 
+/// Batches of settlements, by ack subject, on their way to the store.
+type Settler = mpsc::UnboundedSender<Vec<(Arc<str>, Settle)>>;
+
 /// Starts the task that sends a settling store its settlements, batch by
 /// batch in the window's order (one task, so a later settlement never
 /// overtakes an earlier one). It ends when the actor drops its sender,
 /// after sending what was queued.
-fn spawn_settler(store: Arc<dyn GroupStore>) -> mpsc::UnboundedSender<Vec<(Arc<str>, Settle)>> {
+fn spawn_settler(store: Arc<dyn GroupStore>) -> Settler {
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<(Arc<str>, Settle)>>();
     tokio::spawn(async move {
         while let Some(batch) = rx.recv().await {
@@ -169,7 +172,7 @@ struct Actor {
     /// Where settlements go, when the store settles deliveries (its
     /// batches are unbounded in count but each holds events of the
     /// bounded window).
-    settles: Option<mpsc::UnboundedSender<Vec<(Arc<str>, Settle)>>>,
+    settles: Option<Settler>,
     /// Where the group's events, position and dead letters are.
     store: Arc<dyn GroupStore>,
     /// Each member's channel to its session.

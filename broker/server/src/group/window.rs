@@ -29,6 +29,8 @@ mod props;
 mod read_ahead;
 mod settle;
 #[cfg(test)]
+mod settle_tests;
+#[cfg(test)]
 mod tests;
 mod timers;
 

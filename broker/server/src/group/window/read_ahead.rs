@@ -63,7 +63,7 @@ impl GroupWindow {
                 .min(READ_BATCH)
                 .min(readable)
                 .max(owed.min(READ_BATCH)),
-            max_bytes: room_bytes.min(READ_MAX_BYTES).max(1),
+            max_bytes: room_bytes.clamp(1, READ_MAX_BYTES),
             rewind: self.needs_rewind(),
         })
     }
