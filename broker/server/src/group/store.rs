@@ -6,16 +6,14 @@
 //! dead-letter queue). They are the seam between the broker's readers and
 //! whatever keeps the events and positions: [`LogTopic`] and [`LogStore`]
 //! implement them on the embedded log ([`mesh_log::Storage`]) and the
-//! dead-letter topics of [`crate::dlq`]; a NATS JetStream backend (a
-//! stream per topic, a durable consumer per group) is meant to implement
-//! the same traits later without touching the group's actor or the tails. The signatures
-//! therefore use neutral types ([`StoredRecord`], [`ReadError`]), not the
-//! log's.
+//! dead-letter topics of [`crate::dlq`]. The signatures use neutral types
+//! ([`StoredRecord`], [`ReadError`]), not the log's.
 //!
-//! On JetStream a group reads through its own durable consumer, which
-//! also tracks every delivery: [`GroupStore::settles`] says so, and the
-//! window then settles each event there ([`Settle`]);
-//! [`crate::group::consumer::ConsumerStore`] is that store.
+//! On JetStream ([`crate::group::consumer::ConsumerStore`]) a group reads
+//! through its own durable consumer, which also tracks every delivery:
+//! [`GroupStore::settles`] says so, and the window then settles each event
+//! there ([`Settle`]). Tails read the stream directly, through the same
+//! [`TopicStore`] as on the log.
 //!
 //! Every async method may be slow (a disk, a network): the dispatcher
 //! runs them as spawned futures and never awaits one inside its loop.
