@@ -162,16 +162,20 @@ impl GroupConsumer {
     }
 
     /// Resets the consumer so that its next delivery is the event at
-    /// `position`, forgetting what it had delivered and not settled.
+    /// `position`, forgetting what it had delivered and not settled. A
+    /// consumer just created, or one whose leader is being elected, does
+    /// not answer for a moment: that is waited out, up to the request
+    /// timeout.
     pub async fn rewind(&self, position: u64) -> Result<()> {
         let (stream, _) = self.open().await?;
-        stream
-            .reset_consumer(&self.name, Some(position + 1))
-            .await
-            .map_err(|e| LogError::Backend {
-                op: "reset the group's consumer",
-                reason: format!("consumer {} of stream {}: {e}", self.name, self.stream),
-            })?;
+        crate::connect::retrying("reset the group's consumer", self.timeout, || {
+            stream.reset_consumer(&self.name, Some(position + 1))
+        })
+        .await
+        .map_err(|e| LogError::Backend {
+            op: "reset the group's consumer",
+            reason: format!("consumer {} of stream {}: {e}", self.name, self.stream),
+        })?;
         Ok(())
     }
 

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use super::{
     Effect, GroupWindow, MAX_BATCH, READ_BATCH, READ_MAX_BYTES, READ_RETRY, ReadRequest,
     entry::{Blocked, Entry, State},
-    settle::REDELIVERY_POLL,
+    settle::{NEW_EVENT_POLL, REDELIVERY_POLL},
 };
 use crate::{
     error::BrokerError,
@@ -83,9 +83,17 @@ impl GroupWindow {
             Ok(records) if self.settles => {
                 self.rewound = Some(epoch);
                 if records.is_empty() {
-                    // Nothing yet (a redelivery not due at the store, or
-                    // its unsettled limit reached): do not spin.
-                    self.read_backoff_until = Some(now + REDELIVERY_POLL);
+                    // Nothing yet: the consumer has not applied an event
+                    // the head already shows (at R3 its leader may be
+                    // another node than the stream's), or a redelivery is
+                    // not due at the store yet. Ask again soon, without
+                    // spinning.
+                    let wait = if self.next_read < self.head {
+                        NEW_EVENT_POLL
+                    } else {
+                        REDELIVERY_POLL
+                    };
+                    self.read_backoff_until = Some(now + wait);
                 }
                 for r in records {
                     self.arrive(r);

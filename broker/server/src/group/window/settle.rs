@@ -30,6 +30,10 @@ use crate::{
 /// that brought nothing.
 pub(super) const REDELIVERY_POLL: Duration = Duration::from_millis(50);
 
+/// How soon the window asks again after a read that brought nothing while
+/// the head shows events it has not read.
+pub(super) const NEW_EVENT_POLL: Duration = Duration::from_millis(2);
+
 impl GroupWindow {
     /// The store settles every delivery ([`crate::group::GroupStore::settles`]):
     /// call before the first read.
