@@ -26,7 +26,8 @@ use tokio::{
 
 use super::{
     GroupHandle, JoinRequest, Joined, Outbound, SeekOutcome, Snapshot,
-    store::{GroupStore, LogStore, ReadError, Settle, StoredRecord, resolve_start},
+    consumer::{Settler, spawn_settler},
+    store::{GroupStore, LogStore, ReadError, StoredRecord, resolve_start},
     window::{Effect, GroupWindow},
 };
 use crate::{
@@ -143,27 +144,6 @@ pub fn spawn_on(
     };
     tokio::spawn(actor.run(rx, done_rx, head_rx));
     Ok(GroupHandle { tx })
-}
-
-/// Batches of settlements, by ack subject, on their way to the store.
-type Settler = mpsc::UnboundedSender<Vec<(Arc<str>, Settle)>>;
-
-/// Starts the task that sends a settling store its settlements, batch by
-/// batch in the window's order (one task, so a later settlement never
-/// overtakes an earlier one). It ends when the actor drops its sender,
-/// after sending what was queued.
-fn spawn_settler(store: Arc<dyn GroupStore>) -> Settler {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<(Arc<str>, Settle)>>();
-    tokio::spawn(async move {
-        while let Some(batch) = rx.recv().await {
-            if let Err(e) = store.settle(batch).await {
-                // Unsettled deliveries come again after the consumer's
-                // ack_wait, or at the next dispatcher's rewind.
-                tracing::warn!(topic = %store.topic_store().topic(), error = %e, "settling deliveries failed");
-            }
-        }
-    });
-    tx
 }
 
 struct Actor {

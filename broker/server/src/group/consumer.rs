@@ -19,6 +19,7 @@ use mesh_jetstream::{
     consumers::{self, ConsumerSettings, GroupConsumer},
 };
 use mesh_log::{LogError, Storage};
+use tokio::sync::mpsc;
 
 use super::{
     store::{Delivery, GroupStore, LogStore, ReadError, Settle, StoredRecord, TopicStore},
@@ -145,4 +146,25 @@ impl GroupStore for ConsumerStore {
         self.consumer.settle(batch).await?;
         Ok(())
     }
+}
+
+/// Batches of settlements, by ack subject, on their way to the store.
+pub type Settler = mpsc::UnboundedSender<Vec<(Arc<str>, Settle)>>;
+
+/// Starts the task that sends a settling store its settlements, batch by
+/// batch in the window's order (one task, so a later settlement never
+/// overtakes an earlier one). It ends when the actor drops its sender,
+/// after sending what was queued.
+pub fn spawn_settler(store: Arc<dyn GroupStore>) -> Settler {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<(Arc<str>, Settle)>>();
+    tokio::spawn(async move {
+        while let Some(batch) = rx.recv().await {
+            if let Err(e) = store.settle(batch).await {
+                // Unsettled deliveries come again after the consumer's
+                // ack_wait, or at the next dispatcher's rewind.
+                tracing::warn!(topic = %store.topic_store().topic(), error = %e, "settling deliveries failed");
+            }
+        }
+    });
+    tx
 }
