@@ -58,7 +58,7 @@ fn settings(cfg: &BrokerConfig) -> ConsumerSettings {
         // nak) when a member misses it, and refreshes what it holds back
         // every half deadline, so JetStream redelivers on its own only
         // what a dispatcher that stopped without handing over held.
-        ack_wait: cfg.delivery.ack_deadline * 2,
+        ack_wait: super::window::ack_wait(cfg),
         // The window holds at most `group_window` events; settlements in
         // flight to the server add some more for a moment.
         max_ack_pending: (cfg.limits.group_window as i64).saturating_mul(2),

@@ -35,6 +35,7 @@ mod tests;
 mod timers;
 
 use entry::{Blocked, Entry, Keys, Member, State};
+pub use settle::ack_wait;
 use settle::backoff;
 
 /// Deliveries sent to a member in one message at most.
@@ -147,8 +148,8 @@ pub struct GroupWindow {
     /// its delay instead of from `delayed` (see `settle`).
     settles: bool,
     /// With `settles`: events whose redelivery delay has ended, waiting
-    /// for the store to hand them over again.
-    awaited: BTreeSet<u64>,
+    /// for the store to hand them over again, and since when.
+    awaited: BTreeMap<u64, Instant>,
     /// With `settles`: the epoch whose first read rewound the store.
     rewound: Option<u64>,
     /// With `settles`: when the events held here are next refreshed at
@@ -201,7 +202,7 @@ impl GroupWindow {
             next_lag: now + cfg.delivery.lag_report_interval,
             head,
             settles: false,
-            awaited: BTreeSet::new(),
+            awaited: BTreeMap::new(),
             rewound: None,
             next_progress: now,
             metrics,

@@ -19,6 +19,8 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::{Effect, GroupWindow, entry::State};
 use crate::{
     config::BrokerConfig,
@@ -97,9 +99,9 @@ impl GroupWindow {
 
     /// A redelivery delay ended: with a settling store, the event comes
     /// from the store; otherwise it is ready now.
-    pub(super) fn delay_ended(&mut self, off: u64) {
+    pub(super) fn delay_ended(&mut self, off: u64, now: Instant) {
         if self.settles {
-            self.awaited.insert(off);
+            self.awaited.insert(off, now);
             return;
         }
         if let Some(e) = self.pending.get_mut(&off) {
@@ -110,11 +112,12 @@ impl GroupWindow {
 
     /// Refreshes, at the store, every event the window holds that is not
     /// waiting for a redelivery, once every half ack deadline.
-    pub(super) fn refresh_held(&mut self, now: tokio::time::Instant) {
+    pub(super) fn refresh_held(&mut self, now: Instant) {
         if !self.settles || now < self.next_progress {
             return;
         }
         self.next_progress = now + self.cfg.delivery.ack_deadline / 2;
+        self.give_up_awaiting(now);
         let held: Vec<_> = self
             .pending
             .values()
@@ -126,10 +129,38 @@ impl GroupWindow {
         }
     }
 
+    /// An awaited redelivery that has not come within twice the store's
+    /// `ack_wait` never will: the store no longer holds the event, which
+    /// only an ack or a term does. (A dispatcher of an earlier epoch, or
+    /// one that lost the group's lease, can have an ack land after this
+    /// epoch's rewind: the store then takes this epoch's delivery of the
+    /// event as acked.) A member did ack it, so it is done here too, and
+    /// its key goes on.
+    fn give_up_awaiting(&mut self, now: Instant) {
+        let limit = ack_wait(&self.cfg) * 2;
+        let lost: Vec<u64> = self
+            .awaited
+            .iter()
+            .filter(|&(_, &since)| now.duration_since(since) >= limit)
+            .map(|(&off, _)| off)
+            .collect();
+        for off in lost {
+            self.awaited.remove(&off);
+            tracing::warn!(topic = %self.topic, group = %self.group, offset = off, "the consumer no longer holds a nacked event (acked by an earlier dispatcher); counting it done");
+            self.complete(off, Settle::Ack);
+        }
+    }
+
     /// When `refresh_held` is next due, if the window settles.
-    pub(super) fn progress_due(&self) -> Option<tokio::time::Instant> {
+    pub(super) fn progress_due(&self) -> Option<Instant> {
         (self.settles && !self.pending.is_empty()).then_some(self.next_progress)
     }
+}
+
+/// The consumer's `ack_wait`: twice the members' ack deadline, so the
+/// window's own deadline always runs out first.
+pub fn ack_wait(cfg: &BrokerConfig) -> Duration {
+    cfg.delivery.ack_deadline * 2
 }
 
 /// How long a redelivery waits after delivery `attempt`: doubling from

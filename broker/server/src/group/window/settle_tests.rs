@@ -180,3 +180,37 @@ fn the_last_member_leaving_starts_a_new_epoch_that_rewinds() {
     assert!(r.rewind, "the new epoch rewinds the store");
     assert_eq!(r.from, 1, "to the first event not done");
 }
+
+#[test]
+fn a_redelivery_the_store_never_sends_counts_as_done_after_twice_its_ack_wait() {
+    let t0 = Instant::now();
+    let mut w = settling_window(2, t0);
+    let m = w.join("m".into(), 5, false).member_id;
+    let r = w.poll_read(t0).expect("a read");
+    w.read_done(
+        r.epoch,
+        Ok(vec![delivered(0, "k", 1), delivered(1, "k", 1)]),
+        t0,
+    );
+    w.pump(t0, 0);
+    w.nack(m, vec![0], Duration::ZERO, "boom", t0);
+    let t1 = t0 + Duration::from_millis(10);
+    w.on_timers(t1, 0, || 0);
+    w.take_effects();
+    // An ack from an earlier dispatcher took the event off the store: the
+    // redelivery never comes. Until twice the ack_wait (2 × 2 × 500 ms)
+    // the key waits for it ...
+    let t2 = t1 + Duration::from_millis(1_900);
+    w.on_timers(t2, 0, || 0);
+    w.pump(t2, 0);
+    assert!(delivered_offsets(&w.take_effects()).is_empty());
+    // ... then, at the next refresh (every half deadline), the event is
+    // done and its key goes on.
+    let t3 = t2 + Duration::from_millis(250);
+    w.on_timers(t3, 0, || 0);
+    w.pump(t3, 0);
+    let e = w.take_effects();
+    assert!(settles(&e).contains(&("ack.0.1".into(), Settle::Ack)));
+    assert_eq!(delivered_offsets(&e), [(1, 1)]);
+    assert_eq!(w.position(), 1);
+}

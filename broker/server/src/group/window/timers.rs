@@ -55,7 +55,7 @@ impl GroupWindow {
                 .get(&off)
                 .is_some_and(|e| e.state == State::Delayed(t))
             {
-                self.delay_ended(off);
+                self.delay_ended(off, now);
             }
         }
         self.refresh_held(now);
