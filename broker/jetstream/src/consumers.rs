@@ -181,6 +181,7 @@ impl GroupConsumer {
 
     /// What the consumer has for the group now, up to `max` events and
     /// about `max_bytes`: redeliveries that are due first, then new events.
+    /// All of one batch, or an error (the caller then rewinds).
     /// (A `no_wait` pull request by hand, as `read::batch` does for direct
     /// gets: the client library's fetch reports the server's normal
     /// end-of-batch status, `409 Batch Completed`, as an error.)
@@ -207,8 +208,15 @@ impl GroupConsumer {
         while out.len() < max.max(1) {
             let msg = match tokio::time::timeout_at(deadline, sub.next()).await {
                 Ok(Some(m)) => m,
-                Ok(None) => break,
-                Err(_) if !out.is_empty() => break,
+                // Never a part of a batch: the rest would still reach the
+                // consumer as delivered, and come back only after its
+                // ack_wait, behind events the group has had since.
+                Ok(None) => {
+                    return Err(LogError::Backend {
+                        op,
+                        reason: "the connection closed during a fetch".into(),
+                    });
+                }
                 Err(_) => {
                     return Err(LogError::Backend {
                         op,

@@ -114,6 +114,13 @@ impl GroupWindow {
                 tracing::error!(topic = %self.topic, group = %self.group, offset = self.next_read, error = %e, "read failed");
                 self.broadcast_error(&e);
                 self.read_backoff_until = Some(now + READ_RETRY);
+                if self.settles {
+                    // Part of what the store sent may be lost on the way,
+                    // and it would come back only after its ack_wait,
+                    // behind later events of its key: start over from the
+                    // first event not done, rewinding the store.
+                    self.reset_window(self.position());
+                }
             }
         }
     }

@@ -214,3 +214,35 @@ fn a_redelivery_the_store_never_sends_counts_as_done_after_twice_its_ack_wait() 
     assert_eq!(delivered_offsets(&e), [(1, 1)]);
     assert_eq!(w.position(), 1);
 }
+
+#[test]
+fn a_failed_read_starts_over_from_the_first_event_not_done() {
+    let t0 = Instant::now();
+    let mut w = settling_window(4, t0);
+    let m = w.join("m".into(), 5, false).member_id;
+    let r = w.poll_read(t0).expect("a read");
+    w.read_done(
+        r.epoch,
+        Ok(vec![delivered(0, "", 1), delivered(1, "", 1)]),
+        t0,
+    );
+    w.pump(t0, 0);
+    w.ack(m, vec![0]);
+    w.take_effects();
+    // The next fetch fails: some of its events may be lost on the way.
+    let r = w.poll_read(t0).expect("a read of 2 and 3");
+    let e = crate::error::BrokerError::Unavailable("fetch timed out".into());
+    w.read_done(r.epoch, Err(crate::group::store::ReadError::Failed(e)), t0);
+    // After the retry pause, the store is rewound to offset 1, the first
+    // event not done, and what the member held is handed out again.
+    let t1 = t0 + Duration::from_secs(1);
+    let r = w.poll_read(t1).expect("a read after the pause");
+    assert!(r.rewind && r.from == 1, "{r:?}");
+    w.read_done(
+        r.epoch,
+        Ok(vec![delivered(1, "", 1), delivered(2, "", 1)]),
+        t1,
+    );
+    w.pump(t1, 0);
+    assert_eq!(delivered_offsets(&w.take_effects()), [(1, 1), (2, 1)]);
+}
