@@ -18,15 +18,16 @@
 use std::time::Duration;
 
 use async_nats::{
-    Client, StatusCode,
+    Client,
     jetstream::{
         self,
         consumer::{PullConsumer, pull},
+        context::ConsumerInfoErrorKind,
+        stream::ConsumerResetErrorKind,
     },
 };
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use mesh_log::{LogError, Record, Result};
-use serde_json::json;
 use tokio::sync::Mutex;
 
 use crate::{error::backend, names, read};
@@ -67,6 +68,21 @@ pub struct Fetched {
     pub delivered: u32,
 }
 
+/// How often the server tells a waiting pull it is alive.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long one pull request of the long-lived pull lasts before the
+/// client asks again.
+const PULL_EXPIRES: Duration = Duration::from_secs(30);
+
+/// How long a pull that found no consumer leader waits before it says so.
+const NO_LEADER_PAUSE: Duration = Duration::from_millis(100);
+
+/// A long-lived pull and the delivery sequence it must bring next.
+struct Pulling {
+    s: pull::Stream,
+    next_dseq: u64,
+}
+
 /// The settings of a group's consumer.
 #[derive(Clone, Copy, Debug)]
 pub struct ConsumerSettings {
@@ -74,6 +90,11 @@ pub struct ConsumerSettings {
     pub ack_wait: Duration,
     /// Unsettled events JetStream lets the consumer have at most.
     pub max_ack_pending: i64,
+    /// Events the long-lived pull asks for at a time: what may be on its
+    /// way to the dispatcher beyond what its window holds.
+    pub prefetch: usize,
+    /// Likewise, in payload bytes.
+    pub prefetch_bytes: usize,
 }
 
 /// One group's durable consumer on its topic's stream.
@@ -89,6 +110,9 @@ pub struct GroupConsumer {
     settings: ConsumerSettings,
     /// How long a fetch may wait for the server's answer.
     timeout: Duration,
+    /// This epoch's long-lived pull, started by the first `pull` after a
+    /// rewind.
+    pulling: Mutex<Option<Pulling>>,
     /// The consumer once looked up or created.
     consumer: Mutex<Option<(jetstream::stream::Stream<()>, PullConsumer)>>,
 }
@@ -116,15 +140,18 @@ impl GroupConsumer {
             settings,
             timeout,
             consumer: Mutex::new(None),
+            pulling: Mutex::new(None),
         }
     }
 
-    fn config(&self) -> pull::Config {
+    /// The consumer's settings, its first delivery the event at `start`.
+    fn config(&self, start: u64) -> pull::Config {
         pull::Config {
             durable_name: Some(self.name.clone()),
             description: Some(format!("mesh consumer group {}", self.group)),
-            // Any position is reachable by a reset (a seek backwards too).
-            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: start + 1,
+            },
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait: self.settings.ack_wait,
             // The broker dead-letters after its own attempt limit.
@@ -137,12 +164,29 @@ impl GroupConsumer {
         }
     }
 
-    /// The stream and the consumer, created (or its settings updated) on
-    /// first use.
-    async fn open(&self) -> Result<(jetstream::stream::Stream<()>, PullConsumer)> {
+    /// Creates the consumer with its first delivery at `start`.
+    async fn create(
+        &self,
+        stream: &jetstream::stream::Stream<()>,
+        start: u64,
+    ) -> Result<PullConsumer> {
+        stream
+            .create_consumer(self.config(start))
+            .await
+            .map_err(backend("create the group's consumer"))
+    }
+
+    /// The stream and the consumer (cached after the first call); `true`
+    /// when the consumer was created now, at `start`. An existing one
+    /// whose settings differ (a changed ack deadline) is updated; its
+    /// state stays.
+    async fn open(
+        &self,
+        start: u64,
+    ) -> Result<(jetstream::stream::Stream<()>, PullConsumer, bool)> {
         let mut cached = self.consumer.lock().await;
-        if let Some(c) = cached.as_ref() {
-            return Ok(c.clone());
+        if let Some((s, c)) = cached.as_ref() {
+            return Ok((s.clone(), c.clone(), false));
         }
         let op = "open the group's consumer";
         let stream = self
@@ -150,118 +194,175 @@ impl GroupConsumer {
             .get_stream_no_info(&self.stream)
             .await
             .map_err(backend(op))?;
-        let config = self.config();
-        let c = match stream.create_consumer(config.clone()).await {
-            Ok(c) => c,
-            // It exists with other settings (a changed ack deadline):
-            // update it; its state stays.
-            Err(_) => stream.update_consumer(config).await.map_err(backend(op))?,
+        let (c, created) = match stream.consumer_info(&self.name).await {
+            Ok(info) => {
+                let mut config = self.config(start);
+                // Fixed at creation; a reset moves it.
+                config.deliver_policy = info.config.deliver_policy;
+                let same = info.config.ack_wait == config.ack_wait
+                    && info.config.max_ack_pending == config.max_ack_pending;
+                let c = if same {
+                    stream.get_consumer(&self.name).await.map_err(backend(op))?
+                } else {
+                    stream.update_consumer(config).await.map_err(backend(op))?
+                };
+                (c, false)
+            }
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {
+                (self.create(&stream, start).await?, true)
+            }
+            Err(e) => return Err(backend(op)(e)),
         };
         *cached = Some((stream.clone(), c.clone()));
-        Ok((stream, c))
+        Ok((stream, c, created))
     }
 
-    /// Resets the consumer so that its next delivery is the event at
-    /// `position`, forgetting what it had delivered and not settled. A
-    /// consumer just created, or one whose leader is being elected, does
-    /// not answer for a moment: that is waited out, up to the request
-    /// timeout.
+    /// Moves the consumer so that its next delivery is the event at
+    /// `position`, forgetting what it had delivered and not settled: a
+    /// `CONSUMER.RESET`, or a new consumer where there is none yet (or
+    /// where `position` is before the one it was created at, which a reset
+    /// cannot go below; the group's position is in its bucket, so the
+    /// consumer holds nothing else worth keeping). A consumer whose leader
+    /// is being elected does not answer for a moment: that is waited out,
+    /// up to the request timeout.
     pub async fn rewind(&self, position: u64) -> Result<()> {
-        let (stream, _) = self.open().await?;
-        crate::connect::retrying("reset the group's consumer", self.timeout, || {
-            stream.reset_consumer(&self.name, Some(position + 1))
-        })
-        .await
-        .map_err(|e| LogError::Backend {
-            op: "reset the group's consumer",
-            reason: format!("consumer {} of stream {}: {e}", self.name, self.stream),
-        })?;
-        Ok(())
-    }
-
-    /// What the consumer has for the group now, up to `max` events and
-    /// about `max_bytes`: redeliveries that are due first, then new events.
-    /// All of one batch, or an error (the caller then rewinds).
-    /// (A `no_wait` pull request by hand, as `read::batch` does for direct
-    /// gets: the client library's fetch reports the server's normal
-    /// end-of-batch status, `409 Batch Completed`, as an error.)
-    pub async fn fetch(&self, max: usize, max_bytes: usize) -> Result<Vec<Fetched>> {
-        self.open().await?;
-        let op = "fetch the group's events";
-        let inbox = self.client.new_inbox();
-        let mut sub = self
-            .client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(backend(op))?;
-        let req = json!({ "batch": max.max(1), "max_bytes": max_bytes.max(1), "no_wait": true });
-        self.client
-            .publish_with_reply(
-                format!("$JS.API.CONSUMER.MSG.NEXT.{}.{}", self.stream, self.name),
-                inbox,
-                req.to_string().into(),
-            )
-            .await
-            .map_err(backend(op))?;
-        let mut out = Vec::new();
+        let op = "reset the group's consumer";
+        // What the old pull holds or still gets is of the old epoch.
+        *self.pulling.lock().await = None;
+        let (stream, _, created) = self.open(position).await?;
+        if created {
+            return Ok(());
+        }
         let deadline = tokio::time::Instant::now() + self.timeout;
-        while out.len() < max.max(1) {
-            let msg = match tokio::time::timeout_at(deadline, sub.next()).await {
-                Ok(Some(m)) => m,
-                // Never a part of a batch: the rest would still reach the
-                // consumer as delivered, and come back only after its
-                // ack_wait, behind events the group has had since.
-                Ok(None) => {
-                    return Err(LogError::Backend {
-                        op,
-                        reason: "the connection closed during a fetch".into(),
-                    });
+        loop {
+            let e = match stream.reset_consumer(&self.name, Some(position + 1)).await {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            match e.kind() {
+                ConsumerResetErrorKind::InvalidReset | ConsumerResetErrorKind::NotFound => {
+                    let _ = stream.delete_consumer(&self.name).await;
+                    let c = self.create(&stream, position).await?;
+                    *self.consumer.lock().await = Some((stream.clone(), c));
+                    return Ok(());
                 }
-                Err(_) => {
+                _ if tokio::time::Instant::now() < deadline => {
+                    tracing::info!(error = %e, "{op}: not yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                _ => {
                     return Err(LogError::Backend {
                         op,
                         reason: format!(
-                            "consumer {} of stream {} did not answer within {:?}",
+                            "consumer {} of stream {}: {e} (for {:?})",
                             self.name, self.stream, self.timeout
                         ),
                     });
                 }
-            };
-            match msg.status {
-                None => out.push(self.fetched(msg)?),
-                // The batch's count is fulfilled, so the rest of its
-                // messages are on their way (the status can overtake
-                // them): read on up to `max`.
-                Some(s)
-                    if s.as_u16() == 409
-                        && msg.description.as_deref() == Some("Batch Completed") => {}
-                // No messages (404), request expired (408), or a limit
-                // reached (409): done.
-                Some(s) if matches!(s.as_u16(), 404 | 408 | 409) => break,
-                Some(s) if s == StatusCode::NO_RESPONDERS => {
-                    return Err(LogError::Backend {
-                        op,
-                        reason: format!(
-                            "no server answers for consumer {} of stream {} (electing a leader?)",
-                            self.name, self.stream
-                        ),
-                    });
-                }
-                // Heartbeats and flow control: not for no_wait pulls.
-                Some(_) => continue,
             }
         }
-        let _ = sub.unsubscribe().await;
+    }
+
+    /// What the consumer has for the group, up to `max` events and about
+    /// `max_bytes` (at least one event, if any comes): those
+    /// already pushed into this epoch's long-lived pull, or the first to
+    /// come within `wait` (none if nothing comes). Redeliveries that are
+    /// due come first, then new events.
+    ///
+    /// The pull (async-nats' pull stream: the server pushes into it as
+    /// events come, and it asks for more as they are taken) saves a round
+    /// trip per read, and keeps at most [`ConsumerSettings::prefetch`]
+    /// events on their way. Every delivery has the consumer's next
+    /// delivery sequence; a gap means deliveries were lost on the way (a
+    /// reconnect), which would come back only after their `ack_wait`,
+    /// behind later events of their keys: that is an error, after which
+    /// the caller rewinds.
+    pub async fn pull(&self, max: usize, max_bytes: usize, wait: Duration) -> Result<Vec<Fetched>> {
+        let (_, c, _) = self.open(0).await?;
+        let op = "fetch the group's events";
+        let mut pulling = self.pulling.lock().await;
+        if pulling.is_none() {
+            let s = c
+                .stream()
+                .max_messages_per_batch(self.settings.prefetch.max(1))
+                .max_bytes_per_batch(self.settings.prefetch_bytes.max(1))
+                .heartbeat(PULL_HEARTBEAT)
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await
+                .map_err(backend(op))?;
+            *pulling = Some(Pulling { s, next_dseq: 1 });
+        }
+        let p = pulling.as_mut().expect("just opened");
+        let (mut out, mut bytes) = (Vec::new(), 0);
+        let first = match tokio::time::timeout(wait, p.s.next()).await {
+            Err(_) => return Ok(out),
+            Ok(m) => m,
+        };
+        let mut next = Some(first);
+        while let Some(m) = next {
+            let fetched = match m {
+                Some(Ok(m)) => self.fetched(m.message, &mut p.next_dseq),
+                // No consumer leader yet (just created, or being elected)
+                // and nothing delivered: nothing lost. Ask again shortly
+                // with a new pull.
+                Some(Err(e))
+                    if e.kind() == pull::MessagesErrorKind::NoResponders
+                        && out.is_empty()
+                        && p.next_dseq == 1 =>
+                {
+                    *pulling = None;
+                    drop(pulling);
+                    tokio::time::sleep(NO_LEADER_PAUSE).await;
+                    return Ok(out);
+                }
+                Some(Err(e)) => Err(backend(op)(e)),
+                None => Err(LogError::Backend {
+                    op,
+                    reason: "the pull ended".into(),
+                }),
+            };
+            match fetched {
+                Ok(f) => {
+                    bytes += f.record.payload.len();
+                    out.push(f);
+                }
+                Err(e) => {
+                    // What the pull had is taken for lost: the caller
+                    // rewinds, and a new pull starts.
+                    *pulling = None;
+                    return Err(e);
+                }
+            }
+            if out.len() >= max || bytes >= max_bytes {
+                break;
+            }
+            next = p.s.next().now_or_never();
+        }
         Ok(out)
     }
 
-    fn fetched(&self, message: async_nats::Message) -> Result<Fetched> {
+    /// One delivery, checked to be the pull's next (`next_dseq`).
+    fn fetched(&self, message: async_nats::Message, next_dseq: &mut u64) -> Result<Fetched> {
         let op = "fetch the group's events";
         let m = jetstream::Message {
             message,
             context: self.js.clone(),
         };
         let info = m.info().map_err(backend(op))?;
+        if info.consumer_sequence != *next_dseq {
+            return Err(LogError::Backend {
+                op,
+                reason: format!(
+                    "consumer {} of stream {} skipped deliveries {} to {} (lost on the way)",
+                    self.name,
+                    self.stream,
+                    *next_dseq,
+                    info.consumer_sequence.saturating_sub(1)
+                ),
+            });
+        }
+        *next_dseq += 1;
         let (seq, delivered) = (info.stream_sequence, info.delivered);
         let timestamp_us = (info.published.unix_timestamp_nanos() / 1000) as i64;
         let reply = m
@@ -295,14 +396,6 @@ impl GroupConsumer {
                 .map_err(backend("settle a delivery"))?;
         }
         Ok(())
-    }
-
-    /// Settlements published so far, flushed to the server.
-    pub async fn flush(&self) -> Result<()> {
-        self.client
-            .flush()
-            .await
-            .map_err(backend("settle a delivery"))
     }
 }
 

@@ -18,7 +18,6 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use mesh_log::Storage;
 use tokio::{
     sync::{mpsc, oneshot, watch},
     time::Instant,
@@ -27,7 +26,7 @@ use tokio::{
 use super::{
     GroupHandle, JoinRequest, Joined, Outbound, SeekOutcome, Snapshot,
     consumer::{Settler, spawn_settler},
-    store::{GroupStore, LogStore, ReadError, StoredRecord, resolve_start},
+    store::{GroupStore, ReadError, StoredRecord, resolve_start},
     window::{Effect, GroupWindow},
 };
 use crate::{
@@ -89,21 +88,14 @@ enum Hold {
     Start,
     /// A seek's reset waits for the commit in flight, or is under way.
     Seek,
-    /// A member just joined: the read started after it must be pumped
-    /// before the commands queued behind the join.
-    JoinRead,
+    /// A member joined then: the reads after it are pumped before the
+    /// commands queued behind the join, until one brings events, there is
+    /// nothing to read, or [`JOIN_READ_MAX`] passed.
+    JoinRead(Instant),
 }
 
-/// Starts the actor for `group` on `topic`, on the embedded log.
-pub fn spawn(
-    topic: &str,
-    group: &str,
-    storage: Arc<dyn Storage>,
-    cfg: Arc<BrokerConfig>,
-) -> Result<GroupHandle> {
-    let store = Arc::new(LogStore::new(storage, cfg.clone(), topic, group));
-    spawn_on(store, topic, group, cfg)
-}
+/// A JetStream consumer may answer a first read with nothing for a moment.
+const JOIN_READ_MAX: Duration = Duration::from_secs(1);
 
 /// Starts the actor for `group` on `topic`, on any [`GroupStore`].
 pub fn spawn_on(
@@ -250,8 +242,11 @@ impl Actor {
                 let _ = done.send(Done::Read(r.epoch, records));
             });
         }
-        if self.hold == Some(Hold::JoinRead) && !self.window.reading() {
-            self.hold = None; // nothing to read for the new member
+        if let Some(Hold::JoinRead(since)) = self.hold
+            && !self.window.reading()
+            && (!self.window.has_unread() || since.elapsed() >= JOIN_READ_MAX)
+        {
+            self.hold = None; // nothing (more) to read for the new member
         }
         self.window.report_caught_up();
         if let Some(pos) = self.window.poll_commit(now, false) {
@@ -412,7 +407,7 @@ impl Actor {
         }
         let joined = self.window.join(req.name, req.credit, req.auto_ack);
         self.outs.insert(joined.member_id, req.out);
-        self.hold = Some(Hold::JoinRead);
+        self.hold = Some(Hold::JoinRead(Instant::now()));
         let _ = reply.send(Ok(joined));
     }
 
@@ -436,8 +431,12 @@ impl Actor {
         match d {
             Done::Read(epoch, records) => {
                 let current = epoch == self.window.epoch();
+                let empty = matches!(&records, Ok(r) if r.is_empty());
                 self.window.read_done(epoch, records, now);
-                if current && self.hold == Some(Hold::JoinRead) {
+                if let Some(Hold::JoinRead(since)) = self.hold
+                    && current
+                    && (!empty || !self.window.has_unread() || since.elapsed() >= JOIN_READ_MAX)
+                {
                     self.hold = None;
                 }
             }

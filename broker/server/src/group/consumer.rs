@@ -27,6 +27,11 @@ use super::{
 };
 use crate::{config::BrokerConfig, dlq, error::Result};
 
+/// How long a read waits for the consumer's next event. The window asks
+/// when the head is ahead of it or a redelivery is due, so one is coming;
+/// a read waiting holds up a seek's rewind at most this long.
+const PULL_WAIT: Duration = Duration::from_millis(100);
+
 /// A group on JetStream: its consumer, and the log-like rest.
 pub struct ConsumerStore {
     /// Topic reads (tails, ages), the position and the DLQ.
@@ -62,6 +67,9 @@ fn settings(cfg: &BrokerConfig) -> ConsumerSettings {
         // The window holds at most `group_window` events; settlements in
         // flight to the server add some more for a moment.
         max_ack_pending: (cfg.limits.group_window as i64).saturating_mul(2),
+        // What may be on its way beyond the window: at most half of it.
+        prefetch: (cfg.limits.group_window / 2).clamp(1, 1024),
+        prefetch_bytes: (cfg.limits.group_window_bytes / 2).clamp(1, 8 << 20),
     }
 }
 
@@ -114,7 +122,7 @@ impl GroupStore for ConsumerStore {
         }
         let fetched = self
             .consumer
-            .fetch(r.max_records, r.max_bytes)
+            .pull(r.max_records, r.max_bytes, PULL_WAIT)
             .await
             .map_err(read_error)?;
         Ok(fetched

@@ -43,14 +43,31 @@ pub mod consumer;
 pub mod store;
 pub mod window;
 
+use std::sync::Arc;
+
+use mesh_log::Storage;
 use mesh_proto::broker::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{BrokerError, Result};
+use crate::{
+    config::BrokerConfig,
+    error::{BrokerError, Result},
+};
 
-pub use actor::{Cmd, spawn, spawn_on};
+pub use actor::{Cmd, spawn_on};
 pub use store::{GroupStore, LogStore, LogTopic, ReadError, TopicStore, resolve_start};
 pub use window::GroupWindow;
+
+/// Starts the actor for `group` on `topic`, on the embedded log.
+pub fn spawn(
+    topic: &str,
+    group: &str,
+    storage: Arc<dyn Storage>,
+    cfg: Arc<BrokerConfig>,
+) -> Result<GroupHandle> {
+    let store = Arc::new(LogStore::new(storage, cfg.clone(), topic, group));
+    actor::spawn_on(store, topic, group, cfg)
+}
 
 /// What a member's session receives.
 #[derive(Debug)]

@@ -34,6 +34,13 @@ impl GroupWindow {
         }
     }
 
+    /// Whether there is something to read now: events up to the head not
+    /// yet read that the window has room for, or redeliveries a settling
+    /// store owes.
+    pub fn has_unread(&self) -> bool {
+        (!self.window_full() && self.next_read < self.read_limit()) || self.redelivery_due()
+    }
+
     /// The read to start now, if the read-ahead has room and there is
     /// something to read (and someone to read it for).
     pub fn poll_read(&mut self, now: Instant) -> Option<ReadRequest> {
