@@ -10,10 +10,12 @@
 //! its own `ack_wait` what a dispatcher that vanished still held.
 //!
 //! A dispatcher starts by resetting the consumer to the group's position
-//! (`CONSUMER.RESET`, nats-server 2.14+): what a previous dispatcher held
-//! unacked comes again, in stream order, so per-key order holds across a
-//! takeover (JetStream would otherwise redeliver them whenever each one's
-//! `ack_wait` ran out, in any order).
+//! (`CONSUMER.RESET`, nats-server 2.14+; a group's first dispatcher
+//! creates it there): what a previous dispatcher held unacked comes again,
+//! in stream order, so per-key order holds across a takeover (JetStream
+//! would otherwise redeliver them whenever each one's `ack_wait` ran out,
+//! in any order). It then reads through one long-lived pull, whose
+//! delivery sequence it checks for gaps.
 
 use std::time::Duration;
 
