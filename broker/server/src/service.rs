@@ -178,10 +178,25 @@ impl broker_server::Broker for GrpcService {
         req: Request<pb::ListGroupsRequest>,
     ) -> Rpc<pb::ListGroupsResponse> {
         let who = self.sees(&req, &req.get_ref().topic, None)?;
-        let topic = req.into_inner().topic;
+        let topic = req.get_ref().topic.clone();
         let mut all = admin::list_groups(&self.broker, &topic).await?;
         all.groups
             .retain(|g| self.broker.auth.sees_group(&who, &topic, &g.group));
+        // A group another broker dispatches: its members, in-flight and
+        // lag as that broker sees them (the stored position otherwise, if
+        // it cannot be asked).
+        for g in &mut all.groups {
+            let mut ask = Request::new(pb::DescribeGroupRequest {
+                topic: topic.clone(),
+                group: g.group.clone(),
+            });
+            *ask.metadata_mut() = req.metadata().clone();
+            if let Some((mut peer, fwd)) = self.to_holder(&ask, &topic, &g.group).await?
+                && let Ok(info) = peer.describe_group(fwd).await
+            {
+                *g = info.into_inner();
+            }
+        }
         Ok(Response::new(all))
     }
 

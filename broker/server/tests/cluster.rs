@@ -239,6 +239,18 @@ async fn members_on_two_brokers_share_one_dispatcher() {
         |g| g.members.len() == 2,
     )
     .await;
+    // ListGroups on either broker shows the holder's view too.
+    for c in [&mut c1, &mut c2] {
+        let listed = c
+            .list_groups(pb::ListGroupsRequest {
+                topic: TOPIC.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let g = listed.groups.iter().find(|g| g.group == GROUP).unwrap();
+        assert_eq!(g.members.len(), 2, "{g:?}");
+    }
 
     let mut got: Vec<(usize, u64, String)> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
