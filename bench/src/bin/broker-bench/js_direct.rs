@@ -236,6 +236,17 @@ pub async fn latency_run(js: Context, stream: &str, rate: u64, secs: f64) -> Res
         .messages()
         .await
         .map_err(err)?;
+    // One untimed message first, as the broker's side does: the run then
+    // times a consumer that is delivering, not its start.
+    let warm = js
+        .publish(format!("{stream}.e"), Bytes::from_static(b"warm"))
+        .await
+        .map_err(err)?;
+    warm.await.map_err(err)?;
+    match tokio::time::timeout(Duration::from_secs(30), msgs.next()).await {
+        Ok(Some(m)) => m.map_err(err)?.ack().await.map_err(err)?,
+        _ => return Err("the warm-up message did not arrive within 30 s".into()),
+    }
     let receiver = tokio::spawn(async move {
         let mut lat = histogram();
         let deadline = tokio::time::Instant::now() + limit + Duration::from_secs(10);

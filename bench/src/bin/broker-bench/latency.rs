@@ -94,6 +94,44 @@ pub fn pace(
     Ok(sent)
 }
 
+/// One untimed event (its data shorter than a due time), published and
+/// received before the timed run, so the run times a group that is
+/// delivering, not its start (on JetStream, the group's consumer is
+/// created by its first read). The direct JetStream side does the same.
+async fn warm_up(
+    c: &mut crate::broker::Client,
+    ack_tx: &mpsc::Sender<pb::SubscribeRequest>,
+    sub_rx: &mut tonic::Streaming<pb::SubscribeResponse>,
+) -> Res<()> {
+    c.publish_unary(pb::PublishRequest {
+        sequence: 0,
+        topic: TOPIC.into(),
+        events: vec![event("warm-up".into(), Bytes::from_static(b"warm"))],
+    })
+    .await
+    .map_err(err)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = tokio::select! {
+            m = sub_rx.message() => m.map_err(err)?,
+            _ = tokio::time::sleep_until(deadline) => None,
+        };
+        match m.and_then(|m| m.response) {
+            Some(Response::Deliveries(d)) => {
+                let offsets = d
+                    .deliveries
+                    .iter()
+                    .filter_map(|d| d.event.as_ref())
+                    .map(|e| e.offset);
+                ack_tx.send(ack(offsets.collect())).await.map_err(err)?;
+                return Ok(());
+            }
+            Some(_) => {}
+            None => return Err("the warm-up event was not delivered within 30 s".into()),
+        }
+    }
+}
+
 /// One member subscribes; one publisher sends `rate` events/s, one event
 /// per request, for `secs`. Latency = delivery time - due time (carried
 /// in the data). All in one process, so both use the same clock.
@@ -102,6 +140,8 @@ pub async fn latency_run(target: Target, rate: u64, secs: f64) -> Res<Latency> {
     let limit = Duration::from_secs_f64(secs);
     let want = (rate as f64 * secs) as u64;
     let (ack_tx, mut sub_rx) = open_member(&target, TOPIC, "latency", 1000).await?;
+    let mut c = connect(&target).await?;
+    warm_up(&mut c, &ack_tx, &mut sub_rx).await?;
     let receiver = tokio::spawn(async move {
         let mut lat = histogram();
         let deadline = tokio::time::Instant::now() + limit + Duration::from_secs(10);
@@ -129,7 +169,6 @@ pub async fn latency_run(target: Target, rate: u64, secs: f64) -> Res<Latency> {
         Ok::<_, String>((lat, ack_tx, sub_rx))
     });
 
-    let mut c = connect(&target).await?;
     let (tx, rx) = mpsc::channel::<pb::PublishRequest>(1024);
     let mut answers = c
         .publish(ReceiverStream::new(rx))
