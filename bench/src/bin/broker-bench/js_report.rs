@@ -22,7 +22,7 @@ pub fn write(args: &Args, r: &Results) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "broker-bench --vs-jetstream{}: {} round(s), replicas {:?}, publish runs up to {} events or {} s, consume of {} events (limit {} s), latency {} events/s for {} s; {} cores, {} tokio workers per runtime.\n",
+        "broker-bench --vs-jetstream{}: {} round(s), replicas {:?}, publish runs up to {} events or {} s, consume of all both streams hold, at least {} events (limit {} s), latency {} events/s for {} s; {} cores, {} tokio workers per runtime.\n",
         if args.quick { " --quick" } else { "" },
         args.rounds,
         args.replicas,

@@ -11,7 +11,9 @@
 //!    one-event requests, and with 1 stream of 10 requests of 100 events.
 //! 2. consume: both streams are topped up to `--prefill` events; a new
 //!    durable consumer (A) or group with one member of credit 1000 (B)
-//!    reads `--prefill` events from the start, acking each.
+//!    reads from the start as many events as both streams hold, acking
+//!    each; the clock runs from before the consumer is made (A) or the
+//!    member connects (B).
 //! 3. latency: a fresh stream (A) or topic (B), one subscriber, `--rate`
 //!    events/s for `--latency-seconds`.
 //!
@@ -209,13 +211,17 @@ impl Ctx<'_> {
                 "could not fill the streams to {prefill} events within {fill_limit:?} (A {a_published}, B {b_published})"
             ));
         }
+        // Both read all that both have (at least --prefill): the publish
+        // runs leave far more than a fill would, and a longer read weighs
+        // the group's start less.
+        let total = a_published.min(b_published);
         let (js, s) = (self.js.clone(), stream.clone());
         let a = self.measured(async move {
-            js_direct::consume_run(js, &s, CREDIT, prefill, consume_limit).await
+            js_direct::consume_run(js, &s, CREDIT, total, consume_limit).await
         })?;
         let t = b.target.clone();
         let bc = self.measured(async move {
-            consume_run(t, "bench".into(), 1, CREDIT, prefill, consume_limit).await
+            consume_run(t, "bench".into(), 1, CREDIT, total, consume_limit).await
         })?;
         eprintln!(
             "R{} round {round}: consume A {:.0} / B {:.0} events/s",
