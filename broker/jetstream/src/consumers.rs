@@ -17,7 +17,7 @@
 //! in any order). It then reads through one long-lived pull, whose
 //! delivery sequence it checks for gaps.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use async_nats::{
     Client,
@@ -65,7 +65,7 @@ impl Settle {
 pub struct Fetched {
     pub record: Record,
     /// Where its settlement goes (the message's ack subject).
-    pub reply: String,
+    pub reply: Arc<str>,
     /// Deliveries so far, this one included (JetStream's count).
     pub delivered: u32,
 }
@@ -304,7 +304,7 @@ impl GroupConsumer {
         let mut next = Some(first);
         while let Some(m) = next {
             let fetched = match m {
-                Some(Ok(m)) => self.fetched(m.message, &mut p.next_dseq),
+                Some(Ok(m)) => self.fetched(m, &mut p.next_dseq),
                 // No consumer leader yet (just created, or being elected)
                 // and nothing delivered: nothing lost. Ask again shortly
                 // with a new pull.
@@ -345,12 +345,8 @@ impl GroupConsumer {
     }
 
     /// One delivery, checked to be the pull's next (`next_dseq`).
-    fn fetched(&self, message: async_nats::Message, next_dseq: &mut u64) -> Result<Fetched> {
+    fn fetched(&self, m: jetstream::Message, next_dseq: &mut u64) -> Result<Fetched> {
         let op = "fetch the group's events";
-        let m = jetstream::Message {
-            message,
-            context: self.js.clone(),
-        };
         let info = m.info().map_err(backend(op))?;
         if info.consumer_sequence != *next_dseq {
             return Err(LogError::Backend {
@@ -371,7 +367,7 @@ impl GroupConsumer {
             .message
             .reply
             .as_ref()
-            .map(|r| r.to_string())
+            .map(|r| Arc::<str>::from(r.as_str()))
             .ok_or_else(|| LogError::Backend {
                 op,
                 reason: "a fetched message has no ack subject".into(),
@@ -390,10 +386,10 @@ impl GroupConsumer {
     }
 
     /// Sends settlements; they are acked by the stream's leader in order.
-    pub async fn settle(&self, batch: Vec<(String, Settle)>) -> Result<()> {
+    pub async fn settle(&self, batch: Vec<(Arc<str>, Settle)>) -> Result<()> {
         for (reply, how) in batch {
             self.client
-                .publish(reply, how.payload())
+                .publish(reply.to_string(), how.payload())
                 .await
                 .map_err(backend("settle a delivery"))?;
         }

@@ -130,7 +130,7 @@ impl GroupStore for ConsumerStore {
             .map(|f| {
                 let mut rec = StoredRecord::from(f.record);
                 rec.delivery = Some(Delivery {
-                    reply: f.reply.into(),
+                    reply: f.reply,
                     delivered: f.delivered,
                 });
                 rec
@@ -148,7 +148,7 @@ impl GroupStore for ConsumerStore {
                     Settle::Progress => consumers::Settle::Progress,
                     Settle::Term => consumers::Settle::Term,
                 };
-                (reply.to_string(), how)
+                (reply, how)
             })
             .collect();
         self.consumer.settle(batch).await?;

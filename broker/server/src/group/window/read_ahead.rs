@@ -177,7 +177,7 @@ impl GroupWindow {
             self.ready.insert(offset);
         }
         self.pending_bytes += entry.record.payload.len();
-        self.pending.insert(offset, entry);
+        self.pending.insert(offset, Box::new(entry));
     }
 
     /// Hands ready events to members with credit, round-robin.
