@@ -3,7 +3,8 @@
 //! delivery counts: checked on the consumer itself, with a NATS client,
 //! while a member acks and nacks through the broker over gRPC. A second
 //! broker then takes the group over after the first one stops, and its
-//! first delivery comes from where JetStream's ack floor stands.
+//! first delivery comes from where JetStream's ack floor stands. A seek
+//! below where a consumer began recreates it there.
 
 mod common;
 
@@ -29,24 +30,28 @@ async fn consumer_info(
     c.info().await.expect("consumer info").clone()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_group_is_a_durable_consumer_that_keeps_acks_and_delivery_counts() {
-    let nats = mesh_test_support::nats::shared_cluster().await;
-    let dir = tempfile::tempdir().unwrap();
-    let b = TestBroker::start_on(Backend::Jetstream, dir.path(), no_deadlines).await;
-    let mut c = b.client().await;
+/// A NATS client of the cluster at `urls`, and the stream of `topic` of a
+/// test broker on `dir` (its namespace is the directory's name).
+async fn nats_view(urls: &str, dir: &std::path::Path, topic: &str) -> (jetstream::Context, String) {
     let ns: String = dir
-        .path()
         .file_name()
         .unwrap()
         .to_string_lossy()
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())
         .collect();
-    let stream = format!("{ns}-orders");
-    let urls = nats.urls();
     let first = urls.split(',').next().expect("a server URL");
     let js = jetstream::new(async_nats::connect(first).await.unwrap());
+    (js, format!("{ns}-{topic}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_is_a_durable_consumer_that_keeps_acks_and_delivery_counts() {
+    let nats = mesh_test_support::nats::shared_cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start_on(Backend::Jetstream, dir.path(), no_deadlines).await;
+    let mut c = b.client().await;
+    let (js, stream) = nats_view(&nats.urls(), dir.path(), "orders").await;
 
     create_topic(&mut c, "orders").await;
     let events = (0..4)
@@ -109,4 +114,78 @@ async fn a_group_is_a_durable_consumer_that_keeps_acks_and_delivery_counts() {
     assert_eq!(next[0].delivery_attempt, 1);
     drop(sub);
     b2.stop().await;
+}
+
+/// A reset cannot move a consumer below the sequence it was created at: a
+/// group that started at an offset, then seeks below it, gets a new
+/// consumer created there, and every event from the new position comes
+/// in order, as first deliveries.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_seek_below_where_the_consumer_began_recreates_it() {
+    use mesh_proto::broker::v1::{self as pb, start_position::Position};
+
+    let nats = mesh_test_support::nats::shared_cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let b = TestBroker::start_on(Backend::Jetstream, dir.path(), no_deadlines).await;
+    let mut c = b.client().await;
+    let (js, stream) = nats_view(&nats.urls(), dir.path(), "audit").await;
+
+    create_topic(&mut c, "audit").await;
+    let events = (0..6)
+        .map(|i| event(&format!("a{i}"), &format!("key-{i}"), "x"))
+        .collect();
+    publish(&mut c, "audit", events).await;
+
+    // The group starts at offset 4: its consumer begins at sequence 5.
+    let mut sub = Sub::open_with(
+        &mut c,
+        open_from("audit", "late", 10, false, Some(Position::Offset(4))),
+    )
+    .await;
+    let d = sub.take(2, WAIT).await;
+    assert_eq!(d.iter().map(offset).collect::<Vec<_>>(), [4, 5]);
+    sub.ack(vec![4, 5]).await;
+    wait_committed(&c, "audit", "late", 6).await;
+    let begins = |i: &jetstream::consumer::Info| match i.config.deliver_policy {
+        jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence } => start_sequence,
+        ref other => panic!("unexpected deliver policy {other:?}"),
+    };
+    assert_eq!(begins(&consumer_info(&js, &stream, "late").await), 5);
+
+    // Seek to offset 1, below where the consumer began.
+    let r = c
+        .seek_group(pb::SeekGroupRequest {
+            topic: "audit".into(),
+            group: "late".into(),
+            position: Some(pb::StartPosition {
+                position: Some(Position::Offset(1)),
+            }),
+            dry_run: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.applied);
+    assert_eq!(
+        (r.previous_offset, r.new_offset, r.events_to_redeliver),
+        (6, 1, 5)
+    );
+
+    let again = sub.take(5, WAIT).await;
+    assert_eq!(
+        again.iter().map(offset).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert!(again.iter().all(|d| d.delivery_attempt == 1), "{again:?}");
+    assert_eq!(begins(&consumer_info(&js, &stream, "late").await), 2);
+    sub.ack(vec![1, 2, 3, 4, 5]).await;
+    wait_committed(&c, "audit", "late", 6).await;
+    let settled = eventually(WAIT, || async {
+        let i = consumer_info(&js, &stream, "late").await;
+        i.ack_floor.stream_sequence == 6 && i.num_ack_pending == 0
+    })
+    .await;
+    assert!(settled, "{:?}", consumer_info(&js, &stream, "late").await);
+    drop(sub);
+    b.stop().await;
 }
