@@ -76,8 +76,10 @@ impl Drop for TlsNats {
 /// for localhost and 127.0.0.1) and the broker's client certificate.
 fn pki() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let mut o = mesh_certs::Options::default();
-    o.names = vec!["nats".into(), "broker".into()];
+    let o = mesh_certs::Options {
+        names: vec!["nats".into(), "broker".into()],
+        ..Default::default()
+    };
     mesh_certs::write_dev_pki(dir.path(), &o).unwrap();
     dir
 }
