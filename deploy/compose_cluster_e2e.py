@@ -121,6 +121,19 @@ def nats_formed():
     return len(leaders) == 1 and leaders <= set(NATS)
 
 
+def nats_tls():
+    """Every node requires TLS with a client certificate, on its client
+    port and on its routes (the brokers reach them over it: they are
+    healthy only after that)."""
+    for n in NATS:
+        v = monitor(n, "/varz")
+        c = v.get("cluster", {})
+        got = (v.get("tls_required"), v.get("tls_verify"), c.get("tls_required"), c.get("tls_verify"))
+        if got != (True, True, True, True):
+            raise SystemExit(f"{n}: TLS (clients required/verify, routes required/verify) is {got}")
+    log("NATS: mutual TLS on every node's client port and routes")
+
+
 def orders_stream_leader():
     """The NATS node leading the `orders` topic's stream, or None."""
     for n in NATS:
@@ -202,6 +215,7 @@ def main():
         dc("build")
         dc("up", "-d")
         eventually("the NATS cluster formed", nats_formed, timeout=90)
+        nats_tls()
         wait_healthy(["broker"] + SERVICES)
         log(f"up in {time.time() - t0:.0f}s")
         started = {c: docker_inspect(c, "{{.State.StartedAt}}") for s in SERVICES for c in container_ids(s)}

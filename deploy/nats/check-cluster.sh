@@ -5,7 +5,9 @@
 # i.e. every node's /healthz is ok, all agree on a meta leader, and the meta
 # group has 3 members all current on the leader. The monitors are published
 # on ephemeral 127.0.0.1 ports for the check (the scratch image has no curl).
-# Removes its containers and network, also on failure.
+# The config wants a certificate per node for its mutual-TLS routes: a
+# throwaway dev PKI is made with mesh-certs (cargo run) for the check.
+# Removes its containers, network and certificates, also on failure.
 #
 #   deploy/nats/check-cluster.sh
 set -euo pipefail
@@ -14,9 +16,11 @@ image=nats:2.15
 tag="mesh-natscheck-$$"
 timeout_s=60
 
+certs=$(mktemp -d)
 cleanup() {
   for i in 1 2 3; do docker rm -f "$tag-$i" >/dev/null 2>&1 || true; done
   docker network rm "$tag" >/dev/null 2>&1 || true
+  rm -rf "$certs"
 }
 trap cleanup EXIT
 fail() {
@@ -28,11 +32,16 @@ fail() {
   exit 1
 }
 
+cargo run --quiet --manifest-path ../../Cargo.toml -p mesh-certs -- \
+  dev --out "$certs" --names nats-1,nats-2,nats-3 --operators "" >/dev/null
 docker network create "$tag" >/dev/null
 for i in 1 2 3; do
   docker run -d --name "$tag-$i" --network "$tag" --network-alias "nats-$i" \
     -e "NATS_NAME=nats-$i" -p 127.0.0.1::8222 \
     -v "$PWD/nats-cluster.conf:/etc/nats/nats-cluster.conf:ro" \
+    -v "$certs/ca.crt:/certs/ca.crt:ro" \
+    -v "$certs/nats-$i.crt:/certs/server.crt:ro" \
+    -v "$certs/nats-$i.key:/certs/server.key:ro" \
     "$image" --config /etc/nats/nats-cluster.conf >/dev/null
 done
 declare -a mon
